@@ -1,0 +1,18 @@
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+# The tests use small tensors: one intra-op thread avoids oversubscribing a 2-core machine.
+torch.set_num_threads(1)
+
+# Deterministic, bounded property tests: CI runs the same examples every time.
+settings.register_profile(
+    "default",
+    deadline=None,
+    derandomize=True,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("thorough", deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
