@@ -19,7 +19,7 @@ from .._checks import check_int, check_tensor
 from ..dynamics import Dynamics
 from ..errors import IntegrationError, InvalidArgumentError
 from .grid import Grid, SigmaGrid
-from .integrators import get_stepper
+from .integrators import get_tableau, rk_step
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +140,7 @@ def integrate(
     x0 = check_tensor("x0", x0)
     if not isinstance(grid, Grid):
         raise InvalidArgumentError("grid", f"expected a flowctl Grid, got {type(grid).__name__}")
-    stepper = get_stepper(method)
+    tableau = get_tableau(method)
     n = grid.steps
     start = check_int("start", start, minimum=0)
     if start > n:
@@ -154,7 +154,7 @@ def integrate(
     states = {start: x0}
     x = x0
     for i in range(start, n):
-        x_next = stepper(dynamics, x, grid.t(i), grid.t(i + 1), cond)
+        x_next, _ = rk_step(tableau, lambda y, t: dynamics.velocity(y, t, cond), x, grid.t(i), grid.t(i + 1))
         if not bool(torch.isfinite(x_next).all()):
             raise IntegrationError(f"state became non-finite at step {i + 1} (t = {float(grid.t(i + 1)):g})")
         x = x_next
