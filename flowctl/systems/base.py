@@ -2,55 +2,21 @@
 
 ``f`` takes either torch tensors batched on leading axes (``x``: ``(..., n_state)``, ``u``:
 ``(..., n_control)``, leading axes broadcast) or CasADi column vectors (``SX``/``MX``/``DM`` of
-shape ``(n_state, 1)`` and ``(n_control, 1)``). Systems write ``f`` with the private helpers below
-(``_split``, ``_stack``, ``_sin``, ``_cos``, ``_matvec``) and plain arithmetic, which both
-libraries share; the helpers dispatch on whether their argument is a ``torch.Tensor``.
+shape ``(n_state, 1)`` and ``(n_control, 1)``). Systems write ``f`` with :mod:`flowctl.systems.ops`
+and plain arithmetic, which both libraries share.
 Time is in seconds and angles in radians throughout.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 
 import casadi
 import torch
 
 from .._checks import check_real, check_tensor
 from ..errors import ShapeError
-
-Vector = torch.Tensor | casadi.SX | casadi.MX | casadi.DM
-"""A state or input: a batched torch tensor (last axis the vector) or a CasADi column."""
-
-
-def _split(v: Vector) -> tuple:
-    """Components of ``v``: slices along a tensor's last axis, or the rows of a CasADi column."""
-    if isinstance(v, torch.Tensor):
-        return v.unbind(-1)
-    return tuple(casadi.vertsplit(v))
-
-
-def _stack(parts: Sequence) -> Vector:
-    """Inverse of :func:`_split`; torch components are broadcast against each other first."""
-    if isinstance(parts[0], torch.Tensor):
-        return torch.stack(torch.broadcast_tensors(*parts), dim=-1)
-    return casadi.vertcat(*parts)
-
-
-def _sin(v):
-    return torch.sin(v) if isinstance(v, torch.Tensor) else casadi.sin(v)
-
-
-def _cos(v):
-    return torch.cos(v) if isinstance(v, torch.Tensor) else casadi.cos(v)
-
-
-def _matvec(matrix: torch.Tensor, v: Vector) -> Vector:
-    """``matrix @ v`` for a 2-D float64 ``matrix``: ``v @ matrix.T`` on torch's last axis (in
-    ``v``'s dtype and device), ``casadi.mtimes`` with a numpy copy for CasADi."""
-    if isinstance(v, torch.Tensor):
-        return v @ matrix.to(dtype=v.dtype, device=v.device).T
-    return casadi.mtimes(matrix.numpy(), v)
+from .ops import Vector
 
 
 class ControlSystem(ABC):

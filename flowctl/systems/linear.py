@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InvalidArgumentError, NonFiniteError, ShapeError
-from .base import ControlSystem, Vector, _matvec
+from .base import ControlSystem
+from .ops import Vector, matvec
 
 
 def _as_matrix(name: str, value: object) -> torch.Tensor:
@@ -54,7 +55,7 @@ class LinearSystem(ControlSystem):
         return tuple(f"u{i + 1}" for i in range(self.B.shape[1]))
 
     def f(self, x: Vector, u: Vector, t: float) -> Vector:
-        return _matvec(self.A, x) + _matvec(self.B, u)
+        return matvec(self.A, x) + matvec(self.B, u)
 
 
 class DoubleIntegrator(LinearSystem):

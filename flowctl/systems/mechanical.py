@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from .._checks import check_real
-from .base import ControlSystem, Vector, _cos, _sin, _split, _stack
+from .base import ControlSystem
+from .ops import Vector, cos, sin, split, stack
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,15 @@ class Pendulum(ControlSystem):
         object.__setattr__(self, "damping", check_real("damping", self.damping, nonnegative=True))
 
     def f(self, x: Vector, u: Vector, t: float) -> Vector:
-        theta, omega = _split(x)
-        (torque,) = _split(u)
+        theta, omega = split(x)
+        (torque,) = split(u)
         inertia = self.mass * self.length**2
         alpha = (
-            -(self.gravity / self.length) * _sin(theta)
+            -(self.gravity / self.length) * sin(theta)
             - (self.damping / inertia) * omega
             + torque / inertia
         )
-        return _stack([omega, alpha])
+        return stack([omega, alpha])
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,12 @@ class CartPole(ControlSystem):
             )
 
     def f(self, x: Vector, u: Vector, t: float) -> Vector:
-        _, velocity, angle, angular_velocity = _split(x)
-        (force,) = _split(u)
+        _, velocity, angle, angular_velocity = split(x)
+        (force,) = split(u)
         total_mass = self.cart_mass + self.pole_mass
         l, m = self.pole_length, self.pole_mass
-        sin, cos = _sin(angle), _cos(angle)
-        temp = (force + m * l * angular_velocity**2 * sin) / total_mass
-        angular_acc = (self.gravity * sin - cos * temp) / (
-            l * (4.0 / 3.0 - m * cos**2 / total_mass)
-        )
-        acc = temp - m * l * angular_acc * cos / total_mass
-        return _stack([velocity, acc, angular_velocity, angular_acc])
+        s, c = sin(angle), cos(angle)
+        temp = (force + m * l * angular_velocity**2 * s) / total_mass
+        angular_acc = (self.gravity * s - c * temp) / (l * (4.0 / 3.0 - m * c**2 / total_mass))
+        acc = temp - m * l * angular_acc * c / total_mass
+        return stack([velocity, acc, angular_velocity, angular_acc])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import ControlSystem, Vector, _split, _stack
+from .base import ControlSystem
+from .ops import Vector, split, stack
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,6 @@ class VanDerPol(ControlSystem):
     control_names = ("u",)
 
     def f(self, x: Vector, u: Vector, t: float) -> Vector:
-        x1, x2 = _split(x)
-        (u1,) = _split(u)
-        return _stack([(1 - x2**2) * x1 - x2 + u1, x1])
+        x1, x2 = split(x)
+        (u1,) = split(u)
+        return stack([(1 - x2**2) * x1 - x2 + u1, x1])
