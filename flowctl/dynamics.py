@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,16 +44,27 @@ class NFECounter:
 
     def __init__(self) -> None:
         self.by_kind: Counter[str] = Counter()
+        self._kind = "forward"
 
     @property
     def total(self) -> float:
         """All evaluations and NFE-equivalents counted so far."""
         return float(sum(self.by_kind.values()))
 
-    def add(self, n: float = 1.0, *, kind: str = "forward") -> None:
+    def add(self, n: float = 1.0, *, kind: str | None = None) -> None:
+        """Count ``n`` evaluations of ``kind`` (default: the kind set by :meth:`counting_as`)."""
         if not (isinstance(n, (int, float)) and math.isfinite(n) and n >= 0):
             raise InvalidArgumentError("n", f"must be a finite number >= 0, got {n!r}")
-        self.by_kind[kind] += n
+        self.by_kind[kind or self._kind] += n
+
+    @contextmanager
+    def counting_as(self, kind: str) -> Iterator[None]:
+        """Count the evaluations made inside the block as ``kind`` (e.g. "jvp" under forward AD)."""
+        previous, self._kind = self._kind, kind
+        try:
+            yield
+        finally:
+            self._kind = previous
 
     def reset(self) -> None:
         self.by_kind.clear()

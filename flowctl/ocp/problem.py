@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .._checks import check_int, check_real, check_tensor
-from ..dynamics import ControlInput, ControlledDynamics, Dynamics
+from ..dynamics import Dynamics
 from ..errors import FlowctlError, InvalidArgumentError
 from ..sampling import Grid, get_tableau
 from ..systems import ControlSystem
@@ -118,11 +118,11 @@ class OptimalControlProblem:
         """Number of control intervals N."""
         return self.grid.steps
 
-    def velocity_with_control(self, x: Any, t: Any, u: Any) -> Any:
-        """``dx/dt`` under control ``u`` on torch tensors, as the problem's control mode says."""
-        if self.control == "input":
-            return self.dynamics.velocity(x, t, u)
-        return ControlledDynamics(self.dynamics).velocity(x, t, ControlInput(self.cond, u))
+
+def substep_times(t0: Any, t1: Any, substeps: int) -> list[Any]:
+    """The ``substeps + 1`` times splitting ``[t0, t1]`` into equal steps, ending exactly at t1
+    (torch tensors or CasADi symbols): the one rule every backend integrates an interval by."""
+    return [t0 + (t1 - t0) * (j / substeps) for j in range(substeps)] + [t1]
 
 
 class SolveStatus(str, enum.Enum):

@@ -1,0 +1,170 @@
+"""Torch backend: single and multiple shooting as matrix-free least squares.
+
+For flow models at latent scale (and any torch dynamics). Single shooting: the controls are
+the unknowns and the states a rollout. Multiple shooting: the node states ``x_1 .. x_N`` are
+unknowns too, tied by continuity defects ``F(x_k, u_k) - x_{k+1} = 0``. Both are solved by
+:func:`flowctl.ocp.least_squares.solve_least_squares` (Levenberg-Marquardt on JVP/VJP products
+with conjugate gradients; bounds and defects through an augmented Lagrangian), so memory stays
+linear in the state size. Model evaluations are counted by kind: forward, jvp, vjp.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_tensor
+from ..dynamics import CountedDynamics, NFECounter
+from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
+from ..sampling import get_tableau, rk_step
+from .least_squares import LeastSquaresOptions, Residuals, solve_least_squares
+from .problem import OptimalControlProblem, SolveResult, SolveStatus, finish, substep_times
+
+TRANSCRIPTIONS = ("single", "multiple")
+_STATUS = {
+    "solved": SolveStatus.SOLVED,
+    "max_iterations": SolveStatus.MAX_ITERATIONS,
+    "nfe_limit": SolveStatus.NFE_LIMIT,
+    "failed": SolveStatus.FAILED,
+}
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """Settings of :class:`TorchShooting`.
+
+    Attributes:
+        least_squares: the Levenberg-Marquardt / augmented-Lagrangian settings (tolerances,
+            CG iterations, the bound on model evaluations).
+        warm_start: start the next solve from the previous solution.
+    """
+
+    least_squares: LeastSquaresOptions = field(default_factory=LeastSquaresOptions)
+    warm_start: bool = True
+
+
+class TorchShooting:
+    """Single or multiple shooting of an :class:`OptimalControlProblem` in torch.
+
+    Args:
+        problem: the problem; any torch dynamics, "input" or "additive" control.
+        transcription: "single" or "multiple".
+        options: solver settings.
+    """
+
+    def __init__(self, problem: OptimalControlProblem, transcription: str = "multiple", options: TorchOptions = TorchOptions()):
+        if transcription not in TRANSCRIPTIONS:
+            raise UnknownNameError("transcription", transcription, list(TRANSCRIPTIONS))
+        self.problem = problem
+        self.transcription = transcription
+        self.options = options
+        self.counter = NFECounter()
+        self._model = CountedDynamics(problem.dynamics, self.counter)
+        self._tableau = get_tableau(problem.method)
+        self._previous: SolveResult | None = None
+
+    def rollout(self, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
+        """States at the N + 1 nodes under ``controls`` (N, *control_shape), from ``x0``."""
+        states = [x0]
+        for k in range(self.problem.intervals):
+            states.append(self._interval(states[-1], controls[k], k)[0])
+        return torch.stack(states)
+
+    def solve(self, x0: torch.Tensor | None = None, *, raise_on_failure: bool = True) -> SolveResult:
+        """Solve from ``x0`` (default: the problem's); warm-started from the previous solve."""
+        p = self.problem
+        x0 = p.x0 if x0 is None else check_tensor("x0", x0)
+        if x0.shape != p.x0.shape:
+            raise ShapeError("x0", f"expected shape {tuple(p.x0.shape)}, got {tuple(x0.shape)}")
+        self.counter.reset()
+        start = time.perf_counter()
+        controls = self._initial_controls(x0)
+        if self.transcription == "single":
+            z0 = [controls]
+        else:
+            with torch.no_grad():
+                guess = self._previous.states[1:] if self._warm else self.rollout(x0, controls)[1:]
+            z0 = [controls, guess.clone()]
+        outcome = solve_least_squares(lambda z: self._residuals(x0, z), z0, self.options.least_squares, self.counter)
+        controls = outcome.z[0].detach()
+        with torch.no_grad():
+            states = self.rollout(x0, controls) if self.transcription == "single" else torch.cat([x0[None], outcome.z[1].detach()])
+        result = SolveResult(
+            status=_STATUS[outcome.status],
+            controls=controls,
+            states=states,
+            objective=outcome.objective,
+            constraint_violation=outcome.violation,
+            iterations=outcome.iterations,
+            nfe=dict(self.counter.by_kind),
+            wall_time=time.perf_counter() - start,
+            message=outcome.message,
+        )
+        if result.success:
+            self._previous = result
+        return finish(result, raise_on_failure)
+
+    @property
+    def _warm(self) -> bool:
+        return self.options.warm_start and self._previous is not None
+
+    def _initial_controls(self, x0: torch.Tensor) -> torch.Tensor:
+        if self._warm:
+            return self._previous.controls.clone()
+        return torch.zeros((self.problem.intervals, *self.problem.control_shape), dtype=x0.dtype, device=x0.device)
+
+    def _interval(self, x: torch.Tensor, u: torch.Tensor, k: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Integrate interval k under control u; also the weighted stage-cost residuals."""
+        p = self.problem
+        t0, t1 = p.grid.t(k), p.grid.t(k + 1)
+        if p.control == "input":
+            f = lambda y, t: self._model.velocity(y, t, u)  # noqa: E731
+        else:
+            f = lambda y, t: self._model.velocity(y, t, p.cond) + u  # noqa: E731
+        residuals = []
+        times = substep_times(t0, t1, p.substeps)
+        for ta, tb in zip(times[:-1], times[1:]):
+            x, stages = rk_step(self._tableau, f, x, ta, tb)
+            if p.stage_residual is not None:
+                h = abs(float(tb - ta))
+                residuals += [math.sqrt(s.weight * h) * p.stage_residual(s.x, u, s.t) for s in stages]
+        return x, residuals
+
+    def _residuals(self, x0: torch.Tensor, z: list[torch.Tensor]) -> Residuals:
+        p = self.problem
+        controls = z[0]
+        objective: list[torch.Tensor] = []
+        defects: list[torch.Tensor] = []
+        nodes = [x0]
+        for k in range(p.intervals):
+            x_end, stage = self._interval(nodes[-1], controls[k], k)
+            objective += stage
+            if self.transcription == "single":
+                nodes.append(x_end)
+            else:
+                nodes.append(z[1][k])
+                defects.append(x_end - z[1][k])
+        if p.control_weight > 0:
+            objective.append(math.sqrt(p.control_weight) * controls)
+        if p.control_rate_weight > 0 and p.intervals > 1:
+            objective.append(math.sqrt(p.control_rate_weight) * (controls[1:] - controls[:-1]))
+        if p.terminal_residual is not None and p.terminal_weight > 0:
+            objective.append(math.sqrt(p.terminal_weight) * p.terminal_residual(nodes[-1]))
+        return Residuals(objective, defects, _bound_violations(p, controls, torch.stack(nodes[1:])))
+
+
+def _bound_violations(p: OptimalControlProblem, controls: torch.Tensor, states: torch.Tensor) -> list[torch.Tensor]:
+    """``g <= 0`` for every finite bound: ``lower - v`` and ``v - upper``."""
+    out = []
+    for values, lower, upper in ((controls, p.u_lower, p.u_upper), (states, p.x_lower, p.x_upper)):
+        for bound, sign in ((lower, -1.0), (upper, 1.0)):
+            if bound is None:
+                continue
+            b = torch.as_tensor(bound, dtype=values.dtype, device=values.device).expand_as(values[0])
+            finite = torch.isfinite(b)
+            if bool(finite.any()):
+                out.append(sign * (values[:, finite] - b[finite]))
+    return out
