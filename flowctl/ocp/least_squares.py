@@ -191,9 +191,13 @@ def _levenberg_marquardt(
 
 
 def _grad(outputs: Tensors, inputs: Tensors, grad_outputs: Tensors, *, create_graph: bool = False) -> Tensors:
-    """``sum_i grad_outputs_i . d outputs_i / d inputs``, zeros where an input is unused."""
+    """``sum_i grad_outputs_i . d outputs_i / d inputs``; constant outputs and unused inputs count 0."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
     grads = torch.autograd.grad(
-        outputs, inputs, grad_outputs, retain_graph=True, create_graph=create_graph, allow_unused=True
+        [o for o, _ in pairs], inputs, [g for _, g in pairs],
+        retain_graph=True, create_graph=create_graph, allow_unused=True,
     )
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
 

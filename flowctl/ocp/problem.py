@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -117,6 +117,22 @@ class OptimalControlProblem:
     def intervals(self) -> int:
         """Number of control intervals N."""
         return self.grid.steps
+
+
+@runtime_checkable
+class ShootingTerminal(Protocol):
+    """A terminal residual that is itself shot over segments with unknown nodes (torch backend).
+
+    ``initial_nodes(x_N)`` gives a first guess of the segment nodes; ``residuals(x_N, nodes)``
+    returns the terminal residual and the continuity defects of the segments. It is also
+    callable as a plain terminal residual ``r(x_N)``, shooting its segments in one rollout.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def initial_nodes(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def residuals(self, x: torch.Tensor, nodes: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
 
 
 def substep_times(t0: Any, t1: Any, substeps: int) -> list[Any]:

@@ -21,7 +21,7 @@ from ..dynamics import CountedDynamics, NFECounter
 from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
 from ..sampling import get_tableau, rk_step
 from .least_squares import LeastSquaresOptions, Residuals, solve_least_squares
-from .problem import OptimalControlProblem, SolveResult, SolveStatus, finish, substep_times
+from .problem import OptimalControlProblem, ShootingTerminal, SolveResult, SolveStatus, finish, substep_times
 
 TRANSCRIPTIONS = ("single", "multiple")
 _STATUS = {
@@ -53,16 +53,30 @@ class TorchShooting:
         problem: the problem; any torch dynamics, "input" or "additive" control.
         transcription: "single" or "multiple".
         options: solver settings.
+        counter: the counter the problem's model(s) already report to (wrap the *model* in
+            :class:`CountedDynamics` with it, so that a blended step counts two evaluations and
+            model calls inside the terminal residual count too). None: the backend counts calls
+            of ``problem.dynamics`` itself.
+
+    A terminal residual with ``initial_nodes``/``residuals`` methods (a :class:`ShootingTerminal`,
+    such as :class:`flowctl.ocp.transition.NoiseAnchor` with several segments) contributes its
+    segment nodes as unknowns and their continuity defects as constraints.
     """
 
-    def __init__(self, problem: OptimalControlProblem, transcription: str = "multiple", options: TorchOptions = TorchOptions()):
+    def __init__(
+        self,
+        problem: OptimalControlProblem,
+        transcription: str = "multiple",
+        options: TorchOptions = TorchOptions(),
+        counter: NFECounter | None = None,
+    ):
         if transcription not in TRANSCRIPTIONS:
             raise UnknownNameError("transcription", transcription, list(TRANSCRIPTIONS))
         self.problem = problem
         self.transcription = transcription
         self.options = options
-        self.counter = NFECounter()
-        self._model = CountedDynamics(problem.dynamics, self.counter)
+        self.counter = counter if counter is not None else NFECounter()
+        self._model = problem.dynamics if counter is not None else CountedDynamics(problem.dynamics, self.counter)
         self._tableau = get_tableau(problem.method)
         self._previous: SolveResult | None = None
 
@@ -82,12 +96,10 @@ class TorchShooting:
         self.counter.reset()
         start = time.perf_counter()
         controls = self._initial_controls(x0)
-        if self.transcription == "single":
-            z0 = [controls]
-        else:
-            with torch.no_grad():
-                guess = self._previous.states[1:] if self._warm else self.rollout(x0, controls)[1:]
-            z0 = [controls, guess.clone()]
+        with torch.no_grad():
+            states = self._previous.states if self._warm else self.rollout(x0, controls)
+            nodes = list(self._terminal.initial_nodes(states[-1])) if self._terminal else []
+        z0 = [controls] + ([] if self.transcription == "single" else [states[1:].clone()]) + nodes
         outcome = solve_least_squares(lambda z: self._residuals(x0, z), z0, self.options.least_squares, self.counter)
         controls = outcome.z[0].detach()
         with torch.no_grad():
@@ -106,6 +118,11 @@ class TorchShooting:
         if result.success:
             self._previous = result
         return finish(result, raise_on_failure)
+
+    @property
+    def _terminal(self) -> ShootingTerminal | None:
+        term = self.problem.terminal_residual
+        return term if isinstance(term, ShootingTerminal) else None
 
     @property
     def _warm(self) -> bool:
@@ -151,7 +168,12 @@ class TorchShooting:
             objective.append(math.sqrt(p.control_weight) * controls)
         if p.control_rate_weight > 0 and p.intervals > 1:
             objective.append(math.sqrt(p.control_rate_weight) * (controls[1:] - controls[:-1]))
-        if p.terminal_residual is not None and p.terminal_weight > 0:
+        if self._terminal is not None:
+            first = 1 if self.transcription == "single" else 2
+            r, terminal_defects = self._terminal.residuals(nodes[-1], z[first:])
+            objective.append(math.sqrt(p.terminal_weight) * r)
+            defects += terminal_defects
+        elif p.terminal_residual is not None and p.terminal_weight > 0:
             objective.append(math.sqrt(p.terminal_weight) * p.terminal_residual(nodes[-1]))
         return Residuals(objective, defects, _bound_violations(p, controls, torch.stack(nodes[1:])))
 
