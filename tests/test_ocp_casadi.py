@@ -1,18 +1,15 @@
 import math
 
 import casadi
-import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from flowctl.errors import InvalidArgumentError, NonFiniteError, UnknownNameError
 from flowctl.ocp.casadi_backend import CasadiOptions, CasadiShooting
 from flowctl.ocp.examples import VAN_DER_POL_OPTIMUM, van_der_pol_problem
 from flowctl.ocp.problem import OptimalControlProblem, SolverError, SolveStatus
 from flowctl.sampling import HEUN, Grid, rk_step
-from flowctl.systems import LinearSystem, VanDerPol, ops
+from flowctl.systems import VanDerPol, ops
 
 
 @pytest.fixture(scope="module")

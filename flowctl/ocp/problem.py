@@ -36,6 +36,7 @@ from ..sampling import Grid, get_tableau
 from ..systems import ControlSystem
 
 CONTROL_MODES = ("input", "additive")
+TRANSCRIPTIONS = ("single", "multiple")
 
 
 @dataclass(frozen=True, eq=False)

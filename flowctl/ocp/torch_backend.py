@@ -18,12 +18,11 @@ import torch
 
 from .._checks import check_tensor
 from ..dynamics import CountedDynamics, NFECounter
-from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
+from ..errors import ShapeError, UnknownNameError
 from ..sampling import get_tableau, rk_step
 from .least_squares import LeastSquaresOptions, Residuals, solve_least_squares
-from .problem import OptimalControlProblem, ShootingTerminal, SolveResult, SolveStatus, finish, substep_times
+from .problem import TRANSCRIPTIONS, OptimalControlProblem, ShootingTerminal, SolveResult, SolveStatus, finish, substep_times
 
-TRANSCRIPTIONS = ("single", "multiple")
 _STATUS = {
     "solved": SolveStatus.SOLVED,
     "max_iterations": SolveStatus.MAX_ITERATIONS,
