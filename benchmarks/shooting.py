@@ -1,29 +1,67 @@
-"""Shooting on CasADi's Van der Pol example: flowctl's CasadiShooting against CasADi's plain
-formulation (its docs/examples/python/direct_{single,multiple}_shooting.py), in one run.
+"""Shooting benchmarks, in one run:
 
-Every method solves cold (same initial guess, no warm start) ``--repeats`` times after one
-untimed solve; build time is the median of ``--builds`` separate builds. To add a method,
-append a ``(name, setup)`` pair to ``METHODS``: ``setup()`` builds and returns a ``solve()``
-callable that returns ``(objective, iterations, seconds)``.
+1. CasADi's Van der Pol example: flowctl's CasadiShooting against CasADi's plain formulation
+   (its docs/examples/python/direct_{single,multiple}_shooting.py), and flowctl's TorchShooting
+   (matrix-free Levenberg-Marquardt) on the same problem.
+2. DESIGN.md's transition problem on the exact Gaussian-mixture flow of ``flowctl.demo``:
+   shooting with each terminal residual and transcription against direct switch, the no-op floor
+   and B from scratch at the same forward-NFE budget, scored against B's reference.
 
-    .venv/bin/python benchmarks/shooting.py [--repeats 20] [--out results/shooting.json]
+Van der Pol: every method solves cold (same initial guess, no warm start). CasADi rows: one
+untimed solve, then ``--repeats`` timed ones; build time is the median of ``--builds`` builds.
+Torch rows are slow (tens of seconds each), so they have their own ``--torch-repeats``, one
+build and no untimed solve (its first-call overhead is milliseconds). To add a method, append a
+``(name, setup)`` pair to ``METHODS`` (or ``TORCH_METHODS``): ``setup()`` builds and returns a
+``solve()`` callable that returns ``(objective, iterations, seconds, extra)``, ``extra`` a dict
+of further figures (NFE by kind, constraint violation, status), empty where there are none.
+
+Transition: every shooting row plans once per ``--transition-repeats`` (planning time is the
+median; quality and NFE are deterministic and taken from the last plan), then continues with
+plain Euler under prompt B to the end of the grid.
+
+    .venv/bin/python benchmarks/shooting.py [--repeats 20] [--torch-repeats 1]
+        [--transition-repeats 3] [--out results/shooting.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import casadi
+import torch
 
+from flowctl import CountedDynamics, NFECounter, SigmaGrid, integrate, metrics
+from flowctl.demo import smooth_image_means
+from flowctl.ocp import LeastSquaresOptions, TorchOptions, TorchShooting
 from flowctl.ocp.casadi_backend import CasadiOptions, CasadiShooting
 from flowctl.ocp.examples import VAN_DER_POL_OPTIMUM, van_der_pol_problem
+from flowctl.ocp.transition import (
+    NoiseAnchor,
+    TransitionWeights,
+    VelocityConsistency,
+    transition_problem,
+)
+from flowctl.schedules import StepSchedule
+from flowctl.systems import GaussianMixtureFlow
+
+# The tensors here are tiny (a 2-state ODE, a 4 x 3 x 16 x 16 batch): intra-op threads only
+# add overhead and noise to the timings, so torch runs on one thread.
+torch.set_num_threads(1)
 
 TOL = CasadiOptions().tol
+NFE_KINDS = ("forward", "jvp", "vjp")
+
+
+# ---------------------------------------------------------------------------------------------
+# Van der Pol
+# ---------------------------------------------------------------------------------------------
 
 
 def ours(transcription: str, expand: bool = True):
@@ -34,7 +72,27 @@ def ours(transcription: str, expand: bool = True):
 
         def solve():
             r = shooting.solve()
-            return r.objective, r.iterations, r.wall_time
+            return r.objective, r.iterations, r.wall_time, {"constraint_violation": r.constraint_violation}
+
+        return solve
+
+    return setup
+
+
+def torch_shooting(transcription: str):
+    """flowctl's TorchShooting with default settings, cold (warm start off)."""
+
+    def setup():
+        shooting = TorchShooting(van_der_pol_problem(), transcription, TorchOptions(warm_start=False))
+
+        def solve():
+            r = shooting.solve(raise_on_failure=False)
+            extra = {
+                "status": r.status.value,
+                "nfe": {kind: float(r.nfe.get(kind, 0)) for kind in NFE_KINDS},
+                "constraint_violation": r.constraint_violation,
+            }
+            return r.objective, r.iterations, r.wall_time, extra
 
         return solve
 
@@ -87,7 +145,7 @@ def plain(multiple: bool):
             start = time.perf_counter()
             sol = solver(x0=w0, lbx=lbw, ubx=ubw, lbg=lbg, ubg=ubg)
             seconds = time.perf_counter() - start
-            return float(sol["f"]), int(solver.stats()["iter_count"]), seconds
+            return float(sol["f"]), int(solver.stats()["iter_count"]), seconds, {}
 
         return solve
 
@@ -102,58 +160,271 @@ METHODS = [
     ("ours single (MX, expand=False)", ours("single", expand=False)),
     ("ours multiple (MX, expand=False)", ours("multiple", expand=False)),
 ]
-RATIOS = [("single", "ours single", "plain single"), ("multiple", "ours multiple", "plain multiple")]
+TORCH_METHODS = [
+    ("torch single", torch_shooting("single")),
+    ("torch multiple", torch_shooting("multiple")),
+]
+RATIOS = [
+    ("ours/plain single", "ours single", "plain single"),
+    ("ours/plain multiple", "ours multiple", "plain multiple"),
+    ("ours (MX)/plain single", "ours single (MX, expand=False)", "plain single"),
+    ("ours (MX)/plain multiple", "ours multiple (MX, expand=False)", "plain multiple"),
+    ("torch multiple/plain multiple", "torch multiple", "plain multiple"),
+]
 
 
-def measure(setup, repeats: int, builds: int) -> dict:
+def measure(setup, repeats: int, builds: int, untimed_first: bool = True) -> dict:
     build_times = []
     for _ in range(builds):
         start = time.perf_counter()
         solve = setup()
         build_times.append(time.perf_counter() - start)
-    solve()  # untimed: first-call initialisation
+    if untimed_first:
+        solve()  # first-call initialisation
     runs = [solve() for _ in range(repeats)]
-    seconds = [s for _, _, s in runs]
+    seconds = [s for _, _, s, _ in runs]
+    objective, iterations, _, extra = runs[-1]
     return {
         "build_median_s": statistics.median(build_times),
         "solve_median_s": statistics.median(seconds),
         "solve_max_s": max(seconds),
-        "iterations": runs[-1][1],
-        "objective": runs[-1][0],
+        "iterations": iterations,
+        "objective": objective,
+        "objective_error": objective - VAN_DER_POL_OPTIMUM,
+        **extra,
+    }
+
+
+def van_der_pol_section(args) -> dict:
+    rows = {name: measure(setup, args.repeats, args.builds) for name, setup in METHODS}
+    rows.update({name: measure(setup, args.torch_repeats, 1, untimed_first=False) for name, setup in TORCH_METHODS})
+    ratios = {key: rows[a]["solve_median_s"] / rows[b]["solve_median_s"] for key, a, b in RATIOS}
+
+    print(f"## Van der Pol (N=20, RK4 x4), cold solves; optimum {VAN_DER_POL_OPTIMUM}\n")
+    print(f"CasADi rows: IPOPT tol {TOL:g}, {args.repeats} repeats. Torch rows: default TorchOptions "
+          f"(Levenberg-Marquardt + augmented Lagrangian, float64), {args.torch_repeats} repeat(s).")
+    print("'ours' CasADi rows use expand=True (SX evaluation) while the plain example uses MX; "
+          "the '(MX, expand=False)' rows are the like-for-like comparison.\n")
+    print("| method | build ms (median) | solve ms (median) | solve ms (max) | iterations | objective "
+          "| objective - optimum | constraint violation | NFE forward | NFE jvp | NFE vjp |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        nfe = r.get("nfe")
+        nfe_cells = " | ".join(f"{nfe[k]:g}" for k in NFE_KINDS) if nfe else "- | - | -"
+        violation = f"{r['constraint_violation']:.1e}" if "constraint_violation" in r else "-"
+        status = f" ({r['status']})" if r.get("status", "solved") != "solved" else ""
+        print(f"| {name}{status} | {1e3 * r['build_median_s']:.1f} | {1e3 * r['solve_median_s']:.1f} | "
+              f"{1e3 * r['solve_max_s']:.1f} | {r['iterations']} | {r['objective']:.9f} | "
+              f"{r['objective_error']:+.1e} | {violation} | {nfe_cells} |")
+    print("\nSolve-time ratios (median): " + ", ".join(f"{key} {v:.2f}" for key, v in ratios.items()))
+    return {
+        "problem": "van_der_pol",
+        "optimum": VAN_DER_POL_OPTIMUM,
+        "tol": TOL,
+        "repeats": args.repeats,
+        "torch_repeats": args.torch_repeats,
+        "builds": args.builds,
+        "methods": rows,
+        "ratios_solve_median": ratios,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Transition on the exact Gaussian-mixture flow
+# ---------------------------------------------------------------------------------------------
+
+STEPS, SHIFT, RESUME, HORIZON, SEEDS = 28, 3.0, 8, 3, 4
+COMPONENTS, CHANNELS, SIZE, STD, PROMPT_SHIFT, SEED = 64, 3, 16, 0.5, 2.0, 0
+DATA_RANGE, SSIM_WINDOW = 2.0, 7
+WEIGHTS = TransitionWeights(terminal=1.0, effort=1e-4)
+TRANSITION_OPTIONS = TorchOptions(LeastSquaresOptions(max_iterations=30, constraint_tol=1e-4))
+
+
+def mixture_setting() -> dict:
+    """The flow, prompts and noise of ``flowctl.demo.run_demo`` (same generator order), 4 seeds."""
+    gen = torch.Generator().manual_seed(SEED)
+    means = smooth_image_means(COMPONENTS, CHANNELS, SIZE, gen).float()
+    flow = GaussianMixtureFlow(means, STD)
+    logits = torch.randn(COMPONENTS, generator=gen)
+    w_a = torch.softmax(logits, 0)
+    w_b = torch.softmax(logits + PROMPT_SHIFT * torch.randn(COMPONENTS, generator=gen), 0)
+    noise = torch.randn(SEEDS, CHANNELS, SIZE, SIZE, generator=gen)
+    return {"flow": flow, "w_a": w_a, "w_b": w_b, "noise": noise, "grid": SigmaGrid.create(STEPS, SHIFT)}
+
+
+def terminal_residuals(s: dict):
+    """(name, factory) for each terminal residual; factories take the counted model."""
+    grid, w_b, noise = s["grid"], s["w_b"], s["noise"]
+    sigma_end = float(grid.sigmas[RESUME + HORIZON])
+    step = float(grid.sigmas[RESUME + HORIZON + 1] - grid.sigmas[RESUME + HORIZON])
+    return [
+        ("noise anchor (1 segment)", lambda m: NoiseAnchor(m, w_b, noise, sigma_end, segments=1)),
+        ("noise anchor (4 segments, one rollout)", lambda m: NoiseAnchor(m, w_b, noise, sigma_end, segments=4)),
+        ("noise anchor (4 segments, multiple_shooting=True)", lambda m: NoiseAnchor(m, w_b, noise, sigma_end, segments=4, multiple_shooting=True)),
+        ("velocity consistency", lambda m: VelocityConsistency(m, w_b, sigma_end, step)),
+    ]
+
+
+def transition_section(args) -> dict:
+    s = mixture_setting()
+    flow, grid, w_a, w_b, noise = s["flow"], s["grid"], s["w_a"], s["w_b"], s["noise"]
+    run_a = integrate(flow, noise, grid, w_a, keep=[RESUME])
+    reference = integrate(flow, noise, grid, w_b, keep="final").final
+    x_k = run_a.states[RESUME]
+    counter = NFECounter()
+    model = CountedDynamics(flow, counter)
+
+    def score(final: torch.Tensor) -> dict:
+        return {
+            "psnr_db": float(metrics.psnr(final, reference, data_range=DATA_RANGE).mean()),
+            "ssim": float(metrics.ssim(final, reference, data_range=DATA_RANGE, window_size=SSIM_WINDOW).mean()),
+        }
+
+    def continue_b(x: torch.Tensor, start: int) -> tuple[torch.Tensor, float]:
+        t0 = time.perf_counter()
+        final = integrate(model, x, grid, w_b, start=start, keep="final").final
+        return final, time.perf_counter() - t0
+
+    def nfe() -> dict:
+        return {kind: float(counter.by_kind.get(kind, 0)) for kind in NFE_KINDS}
+
+    # How well each terminal residual tells B's reference apart from direct switch: |r|^2 at
+    # step k + H on B's reference trajectory and on direct switch's (uncounted diagnostics).
+    end = RESUME + HORIZON
+    on_reference = integrate(flow, noise, grid, w_b, keep=[end]).states[end]
+    on_direct = integrate(flow, x_k, grid, w_b, start=RESUME, keep=[end]).states[end]
+    with torch.no_grad():
+        residual_check = {
+            name: {"reference": float(make(flow)(on_reference).square().sum()),
+                   "direct_switch": float(make(flow)(on_direct).square().sum())}
+            for name, make in terminal_residuals(s)
+            if "multiple_shooting" not in name  # the same residual as the one-rollout 4 segments
+        }
+
+    rows: dict[str, dict] = {}
+    rows["A as is (no-op floor)"] = {**score(run_a.final), "nfe": dict.fromkeys(NFE_KINDS, 0.0),
+                                     "planning_s": 0.0, "continuation_s": 0.0, "status": "-"}
+    counter.reset()
+    final, seconds = continue_b(x_k, RESUME)
+    rows["direct switch"] = {**score(final), "nfe": nfe(), "planning_s": 0.0, "continuation_s": seconds,
+                             "status": "-"}
+    direct_forward = rows["direct switch"]["nfe"]["forward"]
+
+    for name, make_terminal in terminal_residuals(s):
+        for transcription in ("single", "multiple"):
+            problem = transition_problem(
+                model, grid, x_k, RESUME, w_a, w_b, horizon=HORIZON, schedule=StepSchedule(),
+                terminal=make_terminal(model), weights=WEIGHTS,
+            )
+            plans = []
+            for _ in range(args.transition_repeats):
+                solver = TorchShooting(problem, transcription, TRANSITION_OPTIONS, counter=counter)
+                plans.append(solver.solve(raise_on_failure=False))  # resets the counter
+            result = plans[-1]
+            final, seconds = continue_b(result.states[-1], RESUME + HORIZON)
+            rows[f"shooting {transcription}, {name}"] = {
+                **score(final),
+                "nfe": nfe(),  # the last plan's evaluations plus the continuation's
+                "planning_s": statistics.median(p.wall_time for p in plans),
+                "planning_max_s": max(p.wall_time for p in plans),
+                "continuation_s": seconds,
+                "status": result.status.value,
+                "iterations": result.iterations,
+                "objective": result.objective,
+                "constraint_violation": result.constraint_violation,
+            }
+
+    short_steps = STEPS - RESUME
+    counter.reset()
+    t0 = time.perf_counter()
+    short = integrate(model, noise, SigmaGrid.create(short_steps, SHIFT), w_b, keep="final").final
+    seconds = time.perf_counter() - t0
+    rows[f"B from scratch, {short_steps} steps"] = {**score(short), "nfe": nfe(), "planning_s": 0.0,
+                                                   "continuation_s": seconds, "status": "-"}
+
+    print("\n## Transition on the exact Gaussian-mixture flow\n")
+    print(f"{COMPONENTS} components of {CHANNELS}x{SIZE}x{SIZE}, std {STD}, {STEPS} Euler steps (shift {SHIFT}), "
+          f"{SEEDS} seeds in one batch, float32. Resume at step k={RESUME}, horizon H={HORIZON}, "
+          f"StepSchedule, weights terminal={WEIGHTS.terminal:g} effort={WEIGHTS.effort:g}, "
+          f"LM max_iterations=30 constraint_tol=1e-4. Every row continues with Euler under B to step "
+          f"{STEPS}; NFE counts evaluations after step k (planning + continuation; B from scratch: its "
+          f"whole run, {short_steps} steps = direct switch's {direct_forward:g} forward). PSNR (data range "
+          f"{DATA_RANGE:g}) and SSIM (window {SSIM_WINDOW}) to B's reference from the same noise, mean "
+          f"over seeds. Planning time: median of {args.transition_repeats} solve(s).\n")
+    print("| method | PSNR (dB) | SSIM | NFE forward | NFE jvp | NFE vjp | planning s | status "
+          "| objective | constraint violation |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for name, r in rows.items():
+        n = r["nfe"]
+        status = r["status"] + (f" ({r['iterations']} it)" if "iterations" in r else "")
+        solved = f"{r['objective']:.4f} | {r['constraint_violation']:.1e}" if "objective" in r else "- | -"
+        print(f"| {name} | {r['psnr_db']:.2f} | {r['ssim']:.4f} | {n['forward']:g} | {n['jvp']:g} | {n['vjp']:g} "
+              f"| {r['planning_s']:.2f} | {status} | {solved} |")
+    print(f"\nTerminal residual |r|^2 at step k+H={end} (uncontrolled states; the solves above minimise "
+          f"w_T |r|^2 + effort):\n")
+    print("| terminal residual | on B's reference | on direct switch |")
+    print("|---|---:|---:|")
+    for name, r in residual_check.items():
+        print(f"| {name} | {r['reference']:.4f} | {r['direct_switch']:.4f} |")
+    return {
+        "problem": "transition_gaussian_mixture",
+        "setting": {
+            "components": COMPONENTS, "channels": CHANNELS, "size": SIZE, "std": STD,
+            "prompt_shift": PROMPT_SHIFT, "seed": SEED, "seeds": SEEDS, "steps": STEPS, "shift": SHIFT,
+            "resume_step": RESUME, "horizon": HORIZON, "dtype": "float32",
+            "weights": {"terminal": WEIGHTS.terminal, "effort": WEIGHTS.effort, "smoothness": WEIGHTS.smoothness},
+            "least_squares": {"max_iterations": 30, "constraint_tol": 1e-4},
+            "data_range": DATA_RANGE, "ssim_window": SSIM_WINDOW,
+            "transition_repeats": args.transition_repeats,
+        },
+        "methods": rows,
+        "terminal_residual_sumsq": residual_check,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--builds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20, help="timed solves per CasADi row")
+    parser.add_argument("--builds", type=int, default=3, help="builds per CasADi row")
+    parser.add_argument("--torch-repeats", type=int, default=1, help="timed solves per torch Van der Pol row")
+    parser.add_argument("--transition-repeats", type=int, default=3, help="plans per transition shooting row")
     parser.add_argument("--out", type=Path, default=Path("results/shooting.json"))
     args = parser.parse_args()
-    rows = {name: measure(setup, args.repeats, args.builds) for name, setup in METHODS}
-    ratios = {key: rows[a]["solve_median_s"] / rows[b]["solve_median_s"] for key, a, b in RATIOS}
+    for name in ("repeats", "builds", "torch_repeats", "transition_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
 
-    print(f"Van der Pol (N=20, RK4 x4, IPOPT tol {TOL:g}), cold solves, {args.repeats} repeats, "
-          f"optimum {VAN_DER_POL_OPTIMUM}\n")
-    print("| method | build ms (median) | solve ms (median) | solve ms (max) | iterations | objective |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        print(f"| {name} | {1e3 * r['build_median_s']:.1f} | {1e3 * r['solve_median_s']:.1f} | "
-              f"{1e3 * r['solve_max_s']:.1f} | {r['iterations']} | {r['objective']:.9f} |")
-    print("\n" + "  ".join(f"ours/plain {key}: {v:.2f}" for key, v in ratios.items()))
+    start = time.perf_counter()
+    van_der_pol = van_der_pol_section(args)
+    transition = transition_section(args)
+    total = time.perf_counter() - start
+    print(f"\nTotal run time: {total:.1f} s on {os.cpu_count()} CPU core(s), torch threads 1.")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "problem": "van_der_pol",
         "casadi": casadi.__version__,
+        "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "tol": TOL,
-        "repeats": args.repeats,
-        "methods": rows,
-        "ratios_solve_median": ratios,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "total_run_s": total,
+        "van_der_pol": van_der_pol,
+        "transition": transition,
     }
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     print(f"wrote {args.out}")
+
+
+def _finite(value):
+    """``value`` with non-finite floats (PSNR of identical images is inf) as strings: strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ class LeastSquaresOptions:
         constraint_tol: largest constraint violation accepted as feasible.
         cg_iterations: conjugate-gradient iterations per step.
         cg_tol: relative residual at which conjugate gradients stop.
-        damping: initial Levenberg-Marquardt damping mu, relative to the largest diagonal-free
-            scale (mu is adapted after every step).
+        damping: initial Levenberg-Marquardt damping, as a fraction of the gradient's largest
+            entry (at least of 1); adapted after every step.
         penalty: initial augmented-Lagrangian penalty rho.
         max_outer: augmented-Lagrangian updates at most.
-        max_nfe: bound on model evaluations (forward + JVP + VJP calls); None for none.
+        max_nfe: bound on the model evaluations of one solve (forward calls plus the model calls
+            that JVP and VJP products differentiate); None for none.
     """
 
     max_iterations: int = 100
@@ -90,6 +91,7 @@ def solve_least_squares(
     fn: ResidualFn, z0: Tensors, options: LeastSquaresOptions, counter: NFECounter
 ) -> LeastSquaresOutcome:
     """Minimise ``sum |objective|^2`` subject to ``equalities == 0``, ``inequalities <= 0``."""
+    nfe_limit = None if options.max_nfe is None else counter.total + options.max_nfe
     z = [t.detach().clone() for t in z0]
     res = fn(z)
     y_eq = [torch.zeros_like(c) for c in res.equalities]
@@ -99,7 +101,7 @@ def solve_least_squares(
     violation = _violation(res)
     for _ in range(options.max_outer):
         merit = _merit(fn, y_eq, y_in, rho)
-        z, iterations, status, message = _levenberg_marquardt(merit, z, options, counter, iterations)
+        z, iterations, status, message = _levenberg_marquardt(merit, z, options, counter, iterations, nfe_limit)
         res = fn(z)
         previous, violation = violation, _violation(res)
         if status != "solved":
@@ -136,11 +138,12 @@ def _levenberg_marquardt(
     options: LeastSquaresOptions,
     counter: NFECounter,
     iterations: int,
+    nfe_limit: float | None,
 ) -> tuple[Tensors, int, str, str]:
     mu = None
     nu = 2.0
     while iterations < options.max_iterations:
-        if options.max_nfe is not None and counter.total >= options.max_nfe:
+        if nfe_limit is not None and counter.total >= nfe_limit:
             return z, iterations, "nfe_limit", f"model-evaluation bound {options.max_nfe:g} reached"
         before = counter.by_kind["forward"]
         with torch.enable_grad():
@@ -171,13 +174,15 @@ def _levenberg_marquardt(
         step = _cg(lambda v: [a + mu * b for a, b in zip(jt(j(v)), v)], [-t for t in g], options)
         if math.sqrt(_dot(step, step)) <= options.tol * (math.sqrt(_dot(z, z)) + options.tol):
             return z, iterations, "solved", "step below tolerance"
+        # cost - |r + J s|^2 = s'(mu s - g) when (J'J + mu I) s = -g
+        predicted = _dot(step, [mu * s - t for s, t in zip(step, g)])
+        if predicted <= options.tol * cost:
+            return z, iterations, "solved", "predicted decrease below tolerance"
         trial = [a + b for a, b in zip(z, step)]
         with torch.no_grad():
             new_cost = _sumsq(merit(trial))
-        # cost - |r + J s|^2 = s'(mu s - g) when (J'J + mu I) s = -g
-        predicted = _dot(step, [mu * s - t for s, t in zip(step, g)])
         iterations += 1
-        ratio = (cost - new_cost) / predicted if predicted > 0 else -1.0
+        ratio = (cost - new_cost) / predicted
         if math.isfinite(new_cost) and ratio > 0:
             z = [t.detach() for t in trial]
             mu *= max(1 / 3, 1 - (2 * ratio - 1) ** 3)

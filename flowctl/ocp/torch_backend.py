@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -92,7 +93,7 @@ class TorchShooting:
         x0 = p.x0 if x0 is None else check_tensor("x0", x0)
         if x0.shape != p.x0.shape:
             raise ShapeError("x0", f"expected shape {tuple(p.x0.shape)}, got {tuple(x0.shape)}")
-        self.counter.reset()
+        counted_before = Counter(self.counter.by_kind)
         start = time.perf_counter()
         controls = self._initial_controls(x0)
         with torch.no_grad():
@@ -110,7 +111,7 @@ class TorchShooting:
             objective=outcome.objective,
             constraint_violation=outcome.violation,
             iterations=outcome.iterations,
-            nfe=dict(self.counter.by_kind),
+            nfe=dict(self.counter.by_kind - counted_before),
             wall_time=time.perf_counter() - start,
             message=outcome.message,
         )
