@@ -1,5 +1,19 @@
 """Linearising model predictive control: one QP, several backends, a closed-loop controller."""
 
+from .controller import ControllerTiming, LinearModel, MPCController, TimeInvariantModel
 from .problem import Linearisation, MPCConfig, MPCSolution, objective, predict
+from .structured import StructuredBackend, StructuredOptions
 
-__all__ = ["MPCConfig", "Linearisation", "MPCSolution", "objective", "predict"]
+__all__ = [
+    "MPCConfig",
+    "Linearisation",
+    "MPCSolution",
+    "objective",
+    "predict",
+    "MPCController",
+    "ControllerTiming",
+    "LinearModel",
+    "TimeInvariantModel",
+    "StructuredBackend",
+    "StructuredOptions",
+]

@@ -231,12 +231,15 @@ class MPCSolution:
 
 def predict(lin: Linearisation, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
     """Predicted states (Np + 1, nx) under ``controls`` (Nc, nu), the last held to Np."""
-    a, b = lin.dense() if lin.structure == "block" else (lin.a, lin.b)
     xs = [x0]
     for i in range(lin.horizon):
-        u = controls[min(i, controls.shape[0] - 1)]
-        if lin.structure == "diagonal":
-            xs.append(a[i] * xs[-1] + b[i] * u + lin.c[i])
+        x, u = xs[-1], controls[min(i, controls.shape[0] - 1)]
+        if lin.structure == "dense":
+            nxt = lin.a[i] @ x + lin.b[i] @ u
+        elif lin.structure == "diagonal":
+            nxt = lin.a[i] * x + lin.b[i] * u
         else:
-            xs.append(a[i] @ xs[-1] + b[i] @ u + lin.c[i])
+            bs = lin.a.shape[-1]
+            nxt = (lin.a[i] @ x.reshape(-1, bs, 1) + lin.b[i] @ u.reshape(-1, bs, 1)).reshape(-1)
+        xs.append(nxt + lin.c[i])
     return torch.stack(xs)

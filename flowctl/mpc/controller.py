@@ -1,0 +1,118 @@
+"""Closed-loop MPC: build once, then a cheap ``step(x, t)`` that applies the first control."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .._checks import check_tensor
+from ..errors import ShapeError
+from .problem import Linearisation, MPCSolution
+
+
+@runtime_checkable
+class LinearModel(Protocol):
+    """What the controller linearises: the dynamics along the current path and the reference."""
+
+    def linearise(self, x: torch.Tensor, t: float) -> Linearisation: ...
+
+    def reference(self, t: float) -> torch.Tensor:
+        """Targets r_1..r_Np, shape (Np, nx)."""
+        ...
+
+
+class QPBackend(Protocol):
+    build_time: float | None
+
+    def build(self) -> None: ...
+
+    def solve(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor, *, raise_on_failure: bool = True) -> MPCSolution: ...
+
+
+@dataclass(frozen=True)
+class ControllerTiming:
+    """Setup and per-step wall times in seconds (linearisation and QP solve included)."""
+
+    setup: float
+    step_median: float
+    step_max: float
+    steps: int
+
+
+@dataclass(frozen=True, eq=False)
+class TimeInvariantModel:
+    """``x_{k+1} = A x_k + B u_k + c`` at every step, tracking a constant ``target``.
+
+    Attributes:
+        a, b: (nx, nx) and (nx, nu) matrices (or "diagonal" (nx,) vectors).
+        target: (nx,) state to track.
+        horizon: prediction horizon Np.
+        c: (nx,) affine term, zero by default.
+        structure: "dense" or "diagonal".
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    target: torch.Tensor
+    horizon: int
+    c: torch.Tensor | None = None
+    structure: str = "dense"
+
+    def linearise(self, x: torch.Tensor, t: float) -> Linearisation:
+        n = self.horizon
+        c = torch.zeros_like(self.target) if self.c is None else self.c
+        expand = lambda m: m.expand(n, *m.shape)  # noqa: E731
+        return Linearisation(expand(self.a), expand(self.b), expand(c), self.structure)
+
+    def reference(self, t: float) -> torch.Tensor:
+        return self.target.expand(self.horizon, -1)
+
+
+class MPCController:
+    """Receding-horizon control with any QP backend.
+
+    Args:
+        backend: an OSQP, CasADi or structured backend built for the model's sizes.
+        model: gives the linearisation and the reference at each step.
+        u_init: the control taken as applied before the first step (for the rate term);
+            zeros by default.
+    """
+
+    def __init__(self, backend: QPBackend, model: LinearModel, u_init: torch.Tensor | None = None):
+        self.backend, self.model = backend, model
+        self.u_prev = u_init
+        self.last: MPCSolution | None = None
+        self._setup: float | None = None
+        self._step_times: list[float] = []
+
+    def build(self) -> None:
+        """Set the backend up once (sparsity pattern, solver); timed as the setup time."""
+        start = time.perf_counter()
+        self.backend.build()
+        self._setup = time.perf_counter() - start
+
+    def step(self, x: torch.Tensor, t: float = 0.0) -> torch.Tensor:
+        """Linearise at (x, t), solve the QP from x, and return the first control (nu,)."""
+        if self._setup is None:
+            self.build()
+        start = time.perf_counter()
+        check_tensor("x", x, ndim_min=1)
+        lin = self.model.linearise(x, t)
+        if self.u_prev is None:
+            self.u_prev = torch.zeros(lin.nu, dtype=x.dtype, device=x.device)
+        if x.shape != (lin.nx,):
+            raise ShapeError("x", f"expected shape ({lin.nx},), got {tuple(x.shape)}")
+        self.last = self.backend.solve(lin, x, self.model.reference(t), self.u_prev)
+        u = self.last.controls[0].to(dtype=x.dtype, device=x.device)
+        self.u_prev = u
+        self._step_times.append(time.perf_counter() - start)
+        return u
+
+    @property
+    def timing(self) -> ControllerTiming:
+        times = self._step_times or [float("nan")]
+        return ControllerTiming(self._setup or 0.0, statistics.median(times), max(times), len(self._step_times))
