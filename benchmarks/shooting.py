@@ -319,12 +319,15 @@ def transition_section(args) -> dict:
             plans = []
             for _ in range(args.transition_repeats):
                 solver = TorchShooting(problem, transcription, TRANSITION_OPTIONS, counter=counter)
-                plans.append(solver.solve(raise_on_failure=False))  # resets the counter
+                plans.append(solver.solve(raise_on_failure=False))
             result = plans[-1]
+            counter.reset()
             final, seconds = continue_b(result.states[-1], RESUME + HORIZON)
+            continuation = nfe()
             rows[f"shooting {transcription}, {name}"] = {
                 **score(final),
-                "nfe": nfe(),  # the last plan's evaluations plus the continuation's
+                # one plan's evaluations plus the continuation's
+                "nfe": {kind: float(result.nfe.get(kind, 0)) + continuation[kind] for kind in NFE_KINDS},
                 "planning_s": statistics.median(p.wall_time for p in plans),
                 "planning_max_s": max(p.wall_time for p in plans),
                 "continuation_s": seconds,

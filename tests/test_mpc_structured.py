@@ -177,3 +177,22 @@ def test_infeasible_bounds_never_report_solved():
         backend.solve(lin, x0, ref, up)
     assert err.value.result.status is SolveStatus.MAX_ITERATIONS
     assert not backend.solve(lin, x0, ref, up, raise_on_failure=False).success
+
+
+def test_nonlinear_mpc_regulates_van_der_pol():
+    from flowctl.mpc.nonlinear import NonlinearMPC
+    from flowctl.sampling import RK4, rk_step
+    from flowctl.systems import VanDerPol
+
+    system = VanDerPol()
+    controller = NonlinearMPC(system, torch.zeros(2, dtype=torch.float64), horizon=4.0, intervals=10,
+                              q=1.0, r=0.1, u_lower=-1.0, u_upper=1.0, substeps=2)
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    start = float(x.norm())
+    for _ in range(15):
+        u = controller.step(x)
+        assert float(u.abs().max()) <= 1.0 + 1e-6
+        for _ in range(2):  # the plant: the same RK4 over one interval
+            x, _ = rk_step(RK4, lambda y, t: system.velocity(y, t, u), x, torch.tensor(0.0), torch.tensor(0.2))
+    assert float(x.norm()) < 0.05 * start
+    assert controller.timing.steps == 15 and controller.timing.setup > 0

@@ -1,6 +1,7 @@
 """Linearising model predictive control: one QP, several backends, a closed-loop controller."""
 
 from .controller import ControllerTiming, LinearModel, MPCController, TimeInvariantModel
+from .nonlinear import NonlinearMPC
 from .problem import Linearisation, MPCConfig, MPCSolution, objective, predict
 from .structured import StructuredBackend, StructuredOptions
 
@@ -11,6 +12,7 @@ __all__ = [
     "objective",
     "predict",
     "MPCController",
+    "NonlinearMPC",
     "ControllerTiming",
     "LinearModel",
     "TimeInvariantModel",

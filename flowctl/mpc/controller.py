@@ -43,6 +43,19 @@ class ControllerTiming:
     steps: int
 
 
+class StepTimer:
+    """Setup time and per-step wall times of a closed-loop controller."""
+
+    def __init__(self) -> None:
+        self.setup: float | None = None
+        self.steps: list[float] = []
+
+    @property
+    def timing(self) -> ControllerTiming:
+        times = self.steps or [float("nan")]
+        return ControllerTiming(self.setup or 0.0, statistics.median(times), max(times), len(self.steps))
+
+
 @dataclass(frozen=True, eq=False)
 class TimeInvariantModel:
     """``x_{k+1} = A x_k + B u_k + c`` at every step, tracking a constant ``target``.
@@ -86,18 +99,17 @@ class MPCController:
         self.backend, self.model = backend, model
         self.u_prev = u_init
         self.last: MPCSolution | None = None
-        self._setup: float | None = None
-        self._step_times: list[float] = []
+        self._timer = StepTimer()
 
     def build(self) -> None:
         """Set the backend up once (sparsity pattern, solver); timed as the setup time."""
         start = time.perf_counter()
         self.backend.build()
-        self._setup = time.perf_counter() - start
+        self._timer.setup = time.perf_counter() - start
 
     def step(self, x: torch.Tensor, t: float = 0.0) -> torch.Tensor:
         """Linearise at (x, t), solve the QP from x, and return the first control (nu,)."""
-        if self._setup is None:
+        if self._timer.setup is None:
             self.build()
         start = time.perf_counter()
         check_tensor("x", x, ndim_min=1)
@@ -109,10 +121,9 @@ class MPCController:
         self.last = self.backend.solve(lin, x, self.model.reference(t), self.u_prev)
         u = self.last.controls[0].to(dtype=x.dtype, device=x.device)
         self.u_prev = u
-        self._step_times.append(time.perf_counter() - start)
+        self._timer.steps.append(time.perf_counter() - start)
         return u
 
     @property
     def timing(self) -> ControllerTiming:
-        times = self._step_times or [float("nan")]
-        return ControllerTiming(self._setup or 0.0, statistics.median(times), max(times), len(self._step_times))
+        return self._timer.timing
