@@ -194,12 +194,14 @@ def check_step_data(config: MPCConfig, lin: Linearisation, x0: torch.Tensor, ref
 
 
 def objective(config: MPCConfig, x: torch.Tensor, u: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor) -> float:
-    """The QP's cost at predicted states ``x`` (Np + 1, nx) and controls ``u`` (Nc, nu)."""
-    x, u, reference, u_prev = (t.double().cpu() for t in (x, u, reference, u_prev))
-    err = x[1:] - reference
-    weights = torch.cat([config.Q.expand(config.horizon - 1, -1), config.QN[None]])
+    """The QP's cost at predicted states ``x`` (Np + 1, nx) and controls ``u`` (Nc, nu),
+    computed in x's dtype on x's device."""
+    like = dict(dtype=x.dtype, device=x.device)
+    u, reference, u_prev = u.to(**like), reference.to(**like), u_prev.to(**like)
+    err = (x[1:] - reference).square()
+    tracking = (config.Q.to(**like) * err[:-1]).sum() + (config.QN.to(**like) * err[-1]).sum()
     du = u - torch.cat([u_prev[None], u[:-1]])
-    return float((weights * err.square()).sum() + (config.R * u.square()).sum() + (config.S * du.square()).sum())
+    return float(tracking + (config.R.to(**like) * u.square()).sum() + (config.S.to(**like) * du.square()).sum())
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,7 +211,8 @@ class MPCSolution:
     Attributes:
         status: SOLVED, or why not (then a backend raises :class:`flowctl.ocp.SolverError`).
         controls: (Nc, nu) optimal controls; the controller applies ``controls[0]``.
-        states: (Np + 1, nx) predicted states, ``states[0] = x0``.
+        states: (Np + 1, nx) predicted states, ``states[0] = x0``. Float64 on the CPU from the
+            OSQP and CasADi backends; the linearisation's dtype and device from the structured one.
         objective: the QP's cost (:func:`objective`).
         iterations: solver iterations (0 for a direct factorisation).
         solve_time: seconds spent in the solve.

@@ -124,8 +124,8 @@ class StructuredBackend:
         else:
             u, iterations, status, message = self._admm(lin, w, target, r, s, x0l, upl, bounds)
         x = self._forward(lin, x0l, u)
-        controls = self._flat(u).double().cpu()
-        states = torch.cat([x0.double().cpu()[None], self._flat(x).double().cpu()])
+        controls = self._flat(u)
+        states = torch.cat([x0.to(like)[None], self._flat(x)])
         if not bool(torch.isfinite(controls).all()):
             raise NonFiniteError("linearisation", "the structured solve produced NaN or Inf (singular or non-finite data)")
         solution = MPCSolution(status, controls, states, objective(c, states, controls, reference, u_prev), iterations, time.perf_counter() - start, message)

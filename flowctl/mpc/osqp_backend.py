@@ -1,0 +1,154 @@
+"""The MPC QP solved by OSQP (osqp >= 1.0), pattern fixed at build, numbers updated per step.
+
+``build()`` assembles the QP's sparsity pattern once (:class:`flowctl.mpc.qp_matrices.QPLayout`)
+and sets OSQP up; ``solve()`` writes the step's A_i, B_i into A's value array with one
+precomputed scatter, checks every update's length itself (OSQP only prints on a wrong length
+and then solves the old problem), updates ``q, l, u`` (and ``Ax`` when the linearisation's
+values changed: an ``Ax`` update makes OSQP re-scale and re-factorise), and solves.
+
+Any status other than "solved" is a failure (raised as :class:`flowctl.ocp.SolverError` unless
+``raise_on_failure=False``): "solved inaccurate" is never reported as solved.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import osqp
+import scipy.sparse as spa
+import torch
+
+from .._checks import check_int, check_real
+from ..errors import InvalidArgumentError
+from ..ocp.problem import SolveStatus, finish
+from .problem import Linearisation, MPCConfig, MPCSolution
+from .qp_matrices import QPLayout, check_linearisation, check_structure, make_solution
+
+
+@dataclass(frozen=True)
+class OSQPOptions:
+    """OSQP settings.
+
+    Attributes:
+        eps_abs: absolute tolerance of OSQP's termination test (> 0).
+        eps_rel: relative tolerance of OSQP's termination test (>= 0).
+        max_iter: ADMM iteration limit (>= 1); reaching it is a failure (MAX_ITERATIONS).
+        polish: refine the ADMM solution by solving the active set's KKT system.
+        warm_start: start each solve from the previous solve's primal and dual iterate; False
+            starts every solve from zero (OSQP's cold start).
+    """
+
+    eps_abs: float = 1e-8
+    eps_rel: float = 1e-8
+    max_iter: int = 10000
+    polish: bool = True
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        check_real("eps_abs", self.eps_abs, positive=True)
+        check_real("eps_rel", self.eps_rel, nonnegative=True)
+        check_int("max_iter", self.max_iter, minimum=1)
+        for name in ("polish", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(name, f"expected a bool, got {getattr(self, name)!r}")
+
+
+_S = osqp.SolverStatus
+_STATUS = {
+    int(_S.OSQP_SOLVED): SolveStatus.SOLVED,
+    int(_S.OSQP_PRIMAL_INFEASIBLE): SolveStatus.INFEASIBLE,
+    int(_S.OSQP_PRIMAL_INFEASIBLE_INACCURATE): SolveStatus.INFEASIBLE,
+    int(_S.OSQP_DUAL_INFEASIBLE): SolveStatus.INFEASIBLE,
+    int(_S.OSQP_DUAL_INFEASIBLE_INACCURATE): SolveStatus.INFEASIBLE,
+    int(_S.OSQP_MAX_ITER_REACHED): SolveStatus.MAX_ITERATIONS,
+}
+
+
+def osqp_status(status_val: int) -> SolveStatus:
+    """OSQP's status value as a :class:`SolveStatus`: "solved inaccurate", time limit and the
+    rest are FAILED."""
+    return _STATUS.get(int(status_val), SolveStatus.FAILED)
+
+
+class OSQPBackend:
+    """The MPC QP of ``config`` solved by OSQP.
+
+    Args:
+        config: sizes, horizons, weights and bounds (fixed at build).
+        structure: sparsity of A_i, B_i: "dense", "diagonal" or "block" (then ``block_size``);
+            every linearisation given to :meth:`solve` must have it.
+        block_size: size of the diagonal blocks for structure="block".
+        options: :class:`OSQPOptions`.
+
+    Attributes:
+        build_time: seconds :meth:`build` took (None before it).
+        layout: the QP's pattern (:class:`flowctl.mpc.qp_matrices.QPLayout`), None before build.
+    """
+
+    def __init__(self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None, options: OSQPOptions = OSQPOptions()):
+        if not isinstance(config, MPCConfig):
+            raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
+        if not isinstance(options, OSQPOptions):
+            raise InvalidArgumentError("options", f"expected OSQPOptions, got {type(options).__name__}")
+        self.config = config
+        self.structure = structure
+        self.options = options
+        self.block_size = check_structure(config, structure, block_size)
+        self.layout: QPLayout | None = None
+        self.build_time: float | None = None
+        self._solver: osqp.OSQP | None = None
+        self._last_ax: np.ndarray | None = None
+
+    def build(self) -> None:
+        """Assemble the QP's pattern and set OSQP up (once; a second call rebuilds)."""
+        t0 = time.perf_counter()
+        layout = QPLayout(self.config, self.structure, self.block_size, bounds_as_rows=True)
+        n, m = layout.n, layout.m
+        P = spa.csc_matrix((layout.p_upper[2], layout.p_upper[1], layout.p_upper[0]), shape=(n, n))
+        A = spa.csc_matrix((layout.a_template, layout.a_indices, layout.a_indptr), shape=(m, n))
+        solver = osqp.OSQP()
+        opts = self.options
+        solver.setup(
+            P, np.zeros(n), A, layout.l_template.copy(), layout.u_template.copy(),
+            eps_abs=opts.eps_abs, eps_rel=opts.eps_rel, max_iter=opts.max_iter,
+            polishing=opts.polish, warm_starting=opts.warm_start, verbose=False,
+        )
+        self.layout, self._solver, self._last_ax = layout, solver, None
+        self.build_time = time.perf_counter() - t0
+
+    def solve(
+        self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor, *, raise_on_failure: bool = True,
+    ) -> MPCSolution:
+        """Solve the step's QP (building first if :meth:`build` was not called).
+
+        Args:
+            lin: the linearisation along the current path, of the backend's structure.
+            x0: (nx,) measured state.
+            reference: (Np, nx) targets r_1..r_Np.
+            u_prev: (nu,) the control applied last (u_{-1} of the rate term).
+            raise_on_failure: raise :class:`flowctl.ocp.SolverError` unless solved.
+        """
+        if self._solver is None:
+            self.build()
+        layout, solver = self.layout, self._solver
+        check_linearisation(self.config, self.structure, self.block_size, lin, x0, reference, u_prev)
+        d = layout.numbers(lin, x0, reference, u_prev)
+        ax, q, lower, upper = layout.step_data(d)
+        layout.check_lengths(ax, q, lower, upper)
+        if self._last_ax is not None and np.array_equal(ax, self._last_ax):
+            solver.update(q=q, l=lower, u=upper)
+        else:
+            solver.update(Ax=ax, q=q, l=lower, u=upper)
+            self._last_ax = ax
+        t0 = time.perf_counter()
+        result = solver.solve(raise_error=False)
+        solve_time = time.perf_counter() - t0
+
+        info = result.info
+        solution = make_solution(layout, d, np.asarray(result.x), osqp_status(info.status_val), str(info.status), info.iter, solve_time)
+        if not solution.success and self.options.warm_start:
+            # Do not warm start the next solve from a failed iterate.
+            solver.warm_start(x=np.zeros(layout.n), y=np.zeros(layout.m))
+        return finish(solution, raise_on_failure)

@@ -1,0 +1,318 @@
+"""The sparse QP of :mod:`flowctl.mpc.problem`, shared by the OSQP and CasADi backends.
+
+Decision variables ``z = (x_1, .., x_Np, u_0, .., u_{Nc-1})`` (n = Np nx + Nc nu). The QP is
+written as OSQP and CasADi's ``conic`` take it::
+
+    minimise 0.5 z' P z + q' z   subject to   l <= A z <= u   (and lbx <= z <= ubx),
+
+with ``0.5 z' P z + q' z`` equal to half the docstring's cost minus a constant (the argmin is
+the same; backends report :func:`flowctl.mpc.problem.objective`, the full cost). P is fixed
+by the weights; q changes with the reference and ``u_{-1}``.
+
+Rows of A: first the dynamics, ``A_i x_i - x_{i+1} + B_i u_{min(i, Nc-1)} = -c_i`` for
+i = 0..Np-1 (for i = 0 ``A_0 x_0`` moves to the right-hand side), then, with
+``bounds_as_rows``, one row per finite control bound component of u_0..u_{Nc-1} and per finite
+state bound component of x_1..x_Np (a component with only one finite side still gets a row,
+the other side +-inf). Without ``bounds_as_rows`` the bounds are ``lbx, ubx`` (CasADi's conic
+takes simple bounds separately).
+
+The sparsity pattern is built once, from index triplets straight to CSC: never from a dense
+matrix, where structural entries whose value happens to be zero would vanish from the pattern.
+For each step the values of A_1..A_{Np-1} and B_0..B_{Np-1}, flattened in the linearisation's
+own layout ("dense" (nx, nx)/(nx, nu) matrices, "diagonal" vectors, "block" (nb, bs, bs)
+blocks), are written into the CSC value array by one precomputed scatter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._checks import check_int
+from ..errors import FlowctlError, InvalidArgumentError, ShapeError
+from ..ocp.problem import SolveStatus
+from .problem import STRUCTURES, Linearisation, MPCConfig, MPCSolution, check_step_data, objective
+
+
+def check_structure(config: MPCConfig, structure: str, block_size: int | None) -> int | None:
+    """Validate a backend's ``structure`` and ``block_size`` against ``config``; return the block size."""
+    if structure not in STRUCTURES:
+        raise InvalidArgumentError("structure", f"expected one of {STRUCTURES}, got {structure!r}")
+    if structure != "dense" and config.nu != config.nx:
+        raise InvalidArgumentError("structure", f"{structure!r} needs nu == nx, got nu {config.nu}, nx {config.nx}")
+    if structure == "block":
+        if block_size is None:
+            raise InvalidArgumentError("block_size", "is required with structure='block'")
+        bs = check_int("block_size", block_size, minimum=1)
+        if config.nx % bs:
+            raise InvalidArgumentError("block_size", f"must divide nx = {config.nx}, got {bs}")
+        return bs
+    if block_size is not None:
+        raise InvalidArgumentError("block_size", f"only applies to structure='block', got structure={structure!r}")
+    return None
+
+
+def check_linearisation(
+    config: MPCConfig, structure: str, block_size: int | None,
+    lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor,
+) -> None:
+    """:func:`check_step_data`, then that ``lin`` has the structure the QP was built for."""
+    check_step_data(config, lin, x0, reference, u_prev)
+    if lin.structure != structure:
+        raise InvalidArgumentError(
+            "linearisation", f"has structure {lin.structure!r}; the backend was built for {structure!r}"
+        )
+    if structure == "block" and lin.a.shape[-1] != block_size:
+        raise ShapeError(
+            "linearisation", f"has blocks of size {lin.a.shape[-1]}; the backend was built for {block_size}"
+        )
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def csc_from_triplets(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSC pattern of the entries (rows[t], cols[t]): ``(indptr, indices, position)``.
+
+    ``position[t]`` is the index of triplet t in the CSC value array; row indices are sorted
+    within each column. Every triplet is a structural entry, whatever value it later holds.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    order = np.lexsort((rows, cols))
+    r, c = rows[order], cols[order]
+    if r.size > 1 and bool(((np.diff(c) == 0) & (np.diff(r) == 0)).any()):
+        raise RuntimeError("duplicate entries in a QP sparsity pattern (internal error)")
+    indptr = np.zeros(shape[1] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(c, minlength=shape[1]), out=indptr[1:])
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    return indptr, r, position
+
+
+def _local_pattern(structure: str, nx: int, nu: int, bs: int | None, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) within one step's A_i (which="a") or B_i ("b"), in the tensor's C order."""
+    if structure == "dense":
+        ncol = nx if which == "a" else nu
+        r, c = np.divmod(np.arange(nx * ncol), ncol)
+        return r, c
+    if structure == "diagonal":
+        k = np.arange(nx)
+        return k, k
+    nb = nx // bs
+    blk, rem = np.divmod(np.arange(nb * bs * bs), bs * bs)
+    r, c = np.divmod(rem, bs)
+    return blk * bs + r, blk * bs + c
+
+
+class QPLayout:
+    """The QP's fixed pattern and the per-step assembly of its numbers.
+
+    Attributes:
+        n, m: variables and rows of A; ``n_dyn = Np nx`` dynamics rows come first.
+        n_states: Np nx, the offset of u_0 in z.
+        p_upper, p_full: P as ``(indptr, indices, data)`` CSC, upper triangle / both triangles.
+        a_indptr, a_indices: A's CSC pattern; ``a_template`` its values with the constant entries
+            (-1 of the dynamics, 1 of the bound rows) filled in and 0 where A_i, B_i go.
+        l_template, u_template: row bounds with the bound rows filled in.
+        lbx, ubx: simple bounds on z (+-inf with ``bounds_as_rows``).
+    """
+
+    def __init__(self, config: MPCConfig, structure: str, block_size: int | None, *, bounds_as_rows: bool, all_state_rows: bool = False):
+        self.config = config
+        self.structure = structure
+        self.block_size = check_structure(config, structure, block_size)
+        nx, nu, np_, nc = config.nx, config.nu, config.horizon, config.control_horizon
+        self.n_states = np_ * nx
+        self.n = self.n_states + nc * nu
+        self.n_dyn = np_ * nx
+        n = self.n
+
+        # ---- P (constant): tracking weights on x_1..x_Np; R and the rate term on u.
+        Q, QN, R, S = (w.numpy() for w in (config.Q, config.QN, config.R, config.S))
+        xdiag = np.concatenate([np.tile(Q, np_ - 1), QN])
+        count = np.full(nc, 2.0)
+        count[-1] = 1.0  # u_j sits in the rate terms j and j+1 (j + 1 <= Nc - 1)
+        udiag = (R[None, :] + count[:, None] * S[None, :]).ravel()
+        diag_idx = np.arange(n)
+        ks = np.flatnonzero(S)  # components with a rate weight: off-diagonals -S_k
+        j = np.arange(nc - 1)
+        off_r = (self.n_states + j[:, None] * nu + ks[None, :]).ravel()
+        off_c = off_r + nu
+        off_v = np.tile(-S[ks], nc - 1)
+        p_rows = np.concatenate([diag_idx, off_r])
+        p_cols = np.concatenate([diag_idx, off_c])
+        p_vals = np.concatenate([xdiag, udiag, off_v])
+        self.p_upper = self._csc(p_rows, p_cols, p_vals, (n, n))
+        self.p_full = self._csc(
+            np.concatenate([p_rows, off_c]), np.concatenate([p_cols, off_r]), np.concatenate([p_vals, off_v]), (n, n)
+        )
+
+        # ---- A: dynamics rows.
+        rows, cols, vals = [], [], []
+        eye = np.arange(np_ * nx)  # -x_{i+1} in row block i: row i nx + k, column of x_{i+1} = i nx + k
+        rows.append(eye), cols.append(eye), vals.append(np.full(eye.size, -1.0))
+        ar, ac = _local_pattern(structure, nx, nu, self.block_size, "a")
+        br, bc = _local_pattern(structure, nx, nu, self.block_size, "b")
+        steps_a = np.arange(1, np_)  # A_0 multiplies the measured x_0: right-hand side
+        a_rows = (steps_a[:, None] * nx + ar[None, :]).ravel()
+        a_cols = ((steps_a[:, None] - 1) * nx + ac[None, :]).ravel()
+        steps_b = np.arange(np_)
+        ju = np.minimum(steps_b, nc - 1)
+        b_rows = (steps_b[:, None] * nx + br[None, :]).ravel()
+        b_cols = (self.n_states + ju[:, None] * nu + bc[None, :]).ravel()
+        start_a = eye.size
+        start_b = start_a + a_rows.size
+        rows += [a_rows, b_rows]
+        cols += [a_cols, b_cols]
+        vals += [np.zeros(a_rows.size), np.zeros(b_rows.size)]
+
+        # ---- bounds: rows of A, or simple bounds on z.
+        umin, umax, xmin, xmax = (t.numpy() for t in (config.umin, config.umax, config.xmin, config.xmax))
+        zmin = np.concatenate([np.tile(xmin, np_), np.tile(umin, nc)])
+        zmax = np.concatenate([np.tile(xmax, np_), np.tile(umax, nc)])
+        lo, hi = [np.full(self.n_dyn, 0.0)], [np.full(self.n_dyn, 0.0)]
+        if bounds_as_rows:
+            finite = np.isfinite(zmin) | np.isfinite(zmax)
+            if all_state_rows:
+                finite[: self.n_states] = True
+            bounded = np.flatnonzero(finite)
+            brow = self.n_dyn + np.arange(bounded.size)
+            rows.append(brow), cols.append(bounded), vals.append(np.ones(bounded.size))
+            lo.append(zmin[bounded]), hi.append(zmax[bounded])
+            self.lbx, self.ubx = np.full(n, -np.inf), np.full(n, np.inf)
+        else:
+            self.lbx, self.ubx = zmin, zmax
+        self.l_template = np.concatenate(lo)
+        self.u_template = np.concatenate(hi)
+        self.m = self.l_template.size
+
+        rows_all, cols_all, vals_all = (np.concatenate(v) for v in (rows, cols, vals))
+        self.a_indptr, self.a_indices, position = csc_from_triplets(rows_all, cols_all, (self.m, n))
+        self.a_template = np.empty(position.size)
+        self.a_template[position] = vals_all
+        self.a_pos = position[start_a:start_b].reshape(np_ - 1, -1)
+        self.b_pos = position[start_b : start_b + b_rows.size].reshape(np_, -1)
+        self.nnz_a = position.size
+
+        self._q_weights = np.concatenate([np.tile(Q, (np_ - 1, 1)), QN[None]])  # (Np, nx)
+        self._S = S
+
+    @staticmethod
+    def _csc(rows, cols, vals, shape):
+        indptr, indices, position = csc_from_triplets(rows, cols, shape)
+        data = np.empty(position.size)
+        data[position] = vals
+        return indptr, indices, data
+
+    # ---- per step -------------------------------------------------------------------------
+
+    def matrix_values(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """A's CSC values for A_i (Np, ...) and B_i (Np, ...) in the linearisation's layout."""
+        values = self.a_template.copy()
+        np_ = self.config.horizon
+        if np_ > 1:
+            values[self.a_pos] = a[1:].reshape(np_ - 1, -1)
+        values[self.b_pos] = b.reshape(np_, -1)
+        return values
+
+    def dynamics_rhs(self, a0: np.ndarray, c: np.ndarray, x0: np.ndarray) -> np.ndarray:
+        """Right-hand sides of the dynamics rows: -c_i, and -c_0 - A_0 x_0 for the first."""
+        rhs = -c.reshape(-1)
+        nx = self.config.nx
+        if self.structure == "dense":
+            ax0 = a0 @ x0
+        elif self.structure == "diagonal":
+            ax0 = a0 * x0
+        else:
+            bs = self.block_size
+            ax0 = np.matmul(a0, x0.reshape(-1, bs, 1)).reshape(nx)
+        rhs[:nx] -= ax0
+        return rhs
+
+    def linear_cost(self, reference: np.ndarray, u_prev: np.ndarray) -> np.ndarray:
+        """q: -Q_i r_i on the states, -S u_{-1} on u_0."""
+        q = np.zeros(self.n)
+        q[: self.n_states] = -(self._q_weights * reference).reshape(-1)
+        nu = self.config.nu
+        q[self.n_states : self.n_states + nu] = -self._S * u_prev
+        return q
+
+    def numbers(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor) -> StepNumbers:
+        """The step's data as float64 numpy arrays (already checked)."""
+        return StepNumbers(_numpy(lin.a), _numpy(lin.b), _numpy(lin.c), _numpy(x0), _numpy(reference), _numpy(u_prev))
+
+    def step_data(self, d: StepNumbers) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(Ax, q, l, u)`` of one step."""
+        ax = self.matrix_values(d.a, d.b)
+        rhs = self.dynamics_rhs(d.a[0], d.c, d.x0)
+        lower = self.l_template.copy()
+        upper = self.u_template.copy()
+        lower[: self.n_dyn] = rhs
+        upper[: self.n_dyn] = rhs
+        return ax, self.linear_cost(d.reference, d.u_prev), lower, upper
+
+    def predict(self, d: StepNumbers, controls: np.ndarray) -> np.ndarray:
+        """:func:`flowctl.mpc.problem.predict` in numpy: states (Np + 1, nx) under ``controls``
+        (Nc, nu), the last held to Np (the same recursion, without torch's per-call overhead)."""
+        cfg = self.config
+        xs = np.empty((cfg.horizon + 1, cfg.nx))
+        xs[0] = d.x0
+        nc = controls.shape[0]
+        if self.structure == "block":
+            bs = self.block_size
+            for i in range(cfg.horizon):
+                u = controls[min(i, nc - 1)]
+                xs[i + 1] = (
+                    np.matmul(d.a[i], xs[i].reshape(-1, bs, 1)) + np.matmul(d.b[i], u.reshape(-1, bs, 1))
+                ).reshape(-1) + d.c[i]
+        elif self.structure == "diagonal":
+            for i in range(cfg.horizon):
+                xs[i + 1] = d.a[i] * xs[i] + d.b[i] * controls[min(i, nc - 1)] + d.c[i]
+        else:
+            for i in range(cfg.horizon):
+                xs[i + 1] = d.a[i] @ xs[i] + d.b[i] @ controls[min(i, nc - 1)] + d.c[i]
+        return xs
+
+    def check_lengths(self, ax: np.ndarray, q: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
+        """Raise :class:`ShapeError` unless the update arrays fit the pattern built."""
+        for name, arr, size in (("Ax", ax, self.nnz_a), ("q", q, self.n), ("l", lower, self.m), ("u", upper, self.m)):
+            if arr.ndim != 1 or arr.shape[0] != size:
+                raise ShapeError(name, f"QP update expects length {size}, got shape {arr.shape}")
+
+    def controls(self, z: np.ndarray) -> np.ndarray:
+        """u_0..u_{Nc-1} from z, (Nc, nu)."""
+        cfg = self.config
+        return np.array(z[self.n_states :], dtype=np.float64).reshape(cfg.control_horizon, cfg.nu)
+
+
+@dataclass(frozen=True)
+class StepNumbers:
+    """One step's data as float64 numpy arrays, in the linearisation's layout."""
+
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    x0: np.ndarray
+    reference: np.ndarray
+    u_prev: np.ndarray
+
+
+def make_solution(
+    layout: QPLayout, d: StepNumbers, z: np.ndarray, status: SolveStatus, message: str, iterations: int, solve_time: float,
+) -> MPCSolution:
+    """The :class:`MPCSolution` of primal solution ``z``: controls from z, states by
+    :meth:`QPLayout.predict`, the cost by :func:`objective`. A "solved" z holding NaN or Inf
+    is reported FAILED."""
+    if z.shape != (layout.n,):
+        raise FlowctlError(f"the QP solver returned a primal solution of shape {z.shape}, expected ({layout.n},)")
+    if status is SolveStatus.SOLVED and not bool(np.isfinite(z).all()):
+        status, message = SolveStatus.FAILED, f"{message}; but its primal solution contains NaN or Inf"
+    u = layout.controls(z)
+    controls = torch.from_numpy(u)
+    states = torch.from_numpy(layout.predict(d, u))
+    cost = objective(layout.config, states, controls, torch.from_numpy(d.reference), torch.from_numpy(d.u_prev))
+    return MPCSolution(status, controls, states, cost, int(iterations), float(solve_time), message)
