@@ -4,11 +4,11 @@ Conventions (docs/conventions.md): time is SD3's sigma, ``sigma = 1`` is pure no
 ``sigma = 0`` is data; ``x_sigma = (1 - sigma) x0 + sigma eps`` and a model predicts
 ``v = eps - x0``. Every model evaluation is counted (NFE).
 
-The public API is what this module exports; the submodules ``metrics``, ``mpc``,
+The public API is what this module exports; the submodules ``jacobians``, ``metrics``, ``mpc``,
 ``ocp``, ``schedules`` and ``systems`` are part of it.
 """
 
-from . import metrics, mpc, ocp, schedules, systems
+from . import jacobians, metrics, mpc, ocp, schedules, systems
 from .dynamics import (
     BlendedDynamics,
     ControlInput,
@@ -31,6 +31,7 @@ from .systems import GaussianMixtureFlow
 __version__ = "0.1.0"
 
 __all__ = [
+    "jacobians",
     "metrics",
     "mpc",
     "ocp",
