@@ -1,8 +1,10 @@
 """Linearising model predictive control: one QP, several backends, a closed-loop controller."""
 
+from .casadi_backend import CasadiQPBackend, CasadiQPOptions
 from .controller import ControllerTiming, LinearModel, MPCController, TimeInvariantModel
 from .nonlinear import NonlinearMPC
 from .problem import Linearisation, MPCConfig, MPCSolution, objective, predict
+from .osqp_backend import OSQPBackend, OSQPOptions
 from .structured import StructuredBackend, StructuredOptions
 
 __all__ = [
@@ -16,6 +18,10 @@ __all__ = [
     "ControllerTiming",
     "LinearModel",
     "TimeInvariantModel",
+    "OSQPBackend",
+    "OSQPOptions",
+    "CasadiQPBackend",
+    "CasadiQPOptions",
     "StructuredBackend",
     "StructuredOptions",
 ]

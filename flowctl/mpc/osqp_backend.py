@@ -128,7 +128,9 @@ class OSQPBackend:
             x0: (nx,) measured state.
             reference: (Np, nx) targets r_1..r_Np.
             u_prev: (nu,) the control applied last (u_{-1} of the rate term).
-            raise_on_failure: raise :class:`flowctl.ocp.SolverError` unless solved.
+            raise_on_failure: raise :class:`flowctl.ocp.SolverError` unless solved. With False,
+                check ``status``: the controls of a failed solve are OSQP's last iterate (for an
+                infeasible QP, meaningless numbers), not a plan to apply.
         """
         if self._solver is None:
             self.build()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -213,23 +214,30 @@ class MPCSolution:
         controls: (Nc, nu) optimal controls; the controller applies ``controls[0]``.
         states: (Np + 1, nx) predicted states, ``states[0] = x0``. Float64 on the CPU from the
             OSQP and CasADi backends; the linearisation's dtype and device from the structured one.
-        objective: the QP's cost (:func:`objective`).
-        iterations: solver iterations (0 for a direct factorisation).
+        iterations: solver iterations (0 for a direct solve, -1 where the solver does not say).
         solve_time: seconds spent in the solve.
         message: the solver's own words.
+        config, reference, u_prev: the step's QP data, kept for :attr:`objective`.
     """
 
     status: SolveStatus
     controls: torch.Tensor
     states: torch.Tensor
-    objective: float
     iterations: int
     solve_time: float
-    message: str = ""
+    message: str
+    config: MPCConfig
+    reference: torch.Tensor
+    u_prev: torch.Tensor
 
     @property
     def success(self) -> bool:
         return self.status is SolveStatus.SOLVED
+
+    @cached_property
+    def objective(self) -> float:
+        """The QP's cost at this solution (:func:`objective`), computed when first asked for."""
+        return objective(self.config, self.states, self.controls, self.reference, self.u_prev)
 
 
 def predict(lin: Linearisation, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,13 @@ import torch
 from .._checks import check_int
 from ..errors import FlowctlError, InvalidArgumentError, ShapeError
 from ..ocp.problem import SolveStatus
-from .problem import STRUCTURES, Linearisation, MPCConfig, MPCSolution, check_step_data, objective
+from .problem import (
+    STRUCTURES,
+    Linearisation,
+    MPCConfig,
+    MPCSolution,
+    check_step_data,
+)
 
 
 def check_structure(config: MPCConfig, structure: str, block_size: int | None) -> int | None:
@@ -71,6 +77,8 @@ def check_linearisation(
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype is torch.float64 and t.device.type == "cpu" and not t.requires_grad:
+        return t.numpy()
     return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
@@ -194,8 +202,8 @@ class QPLayout:
         self.a_indptr, self.a_indices, position = csc_from_triplets(rows_all, cols_all, (self.m, n))
         self.a_template = np.empty(position.size)
         self.a_template[position] = vals_all
-        self.a_pos = position[start_a:start_b].reshape(np_ - 1, -1)
-        self.b_pos = position[start_b : start_b + b_rows.size].reshape(np_, -1)
+        self.a_pos = position[start_a:start_b].reshape(np_ - 1, ar.size)
+        self.b_pos = position[start_b : start_b + b_rows.size].reshape(np_, br.size)
         self.nnz_a = position.size
 
         self._q_weights = np.concatenate([np.tile(Q, (np_ - 1, 1)), QN[None]])  # (Np, nx)
@@ -259,22 +267,30 @@ class QPLayout:
         """:func:`flowctl.mpc.problem.predict` in numpy: states (Np + 1, nx) under ``controls``
         (Nc, nu), the last held to Np (the same recursion, without torch's per-call overhead)."""
         cfg = self.config
-        xs = np.empty((cfg.horizon + 1, cfg.nx))
-        xs[0] = d.x0
-        nc = controls.shape[0]
-        if self.structure == "block":
-            bs = self.block_size
-            for i in range(cfg.horizon):
-                u = controls[min(i, nc - 1)]
-                xs[i + 1] = (
-                    np.matmul(d.a[i], xs[i].reshape(-1, bs, 1)) + np.matmul(d.b[i], u.reshape(-1, bs, 1))
-                ).reshape(-1) + d.c[i]
-        elif self.structure == "diagonal":
-            for i in range(cfg.horizon):
-                xs[i + 1] = d.a[i] * xs[i] + d.b[i] * controls[min(i, nc - 1)] + d.c[i]
+        np_, nc, nx = cfg.horizon, controls.shape[0], cfg.nx
+        held = controls if nc == np_ else controls[np.minimum(np.arange(np_), nc - 1)]  # (Np, nu)
+        if self.structure == "diagonal":
+            w = d.b * held + d.c
+        elif self.structure == "dense":
+            w = (d.b @ held[:, :, None]).reshape(np_, nx) + d.c
         else:
-            for i in range(cfg.horizon):
-                xs[i + 1] = d.a[i] @ xs[i] + d.b[i] @ controls[min(i, nc - 1)] + d.c[i]
+            bs = self.block_size
+            w = (d.b @ held.reshape(np_, -1, bs, 1)).reshape(np_, nx) + d.c
+        xs = np.empty((np_ + 1, nx))
+        xs[0] = x = d.x0
+        # x_{i+1} = A_i x_i + w_i, one step at a time, written into xs in place
+        if self.structure == "diagonal":
+            for ai, wi, xi in zip(d.a, w, xs[1:]):
+                np.add(ai * x, wi, out=xi)
+                x = xi
+        elif self.structure == "dense":
+            for ai, wi, xi in zip(d.a, w, xs[1:]):
+                np.add(ai.dot(x), wi, out=xi)
+                x = xi
+        else:
+            for ai, wi, xi in zip(d.a, w, xs[1:]):
+                np.add((ai @ x.reshape(-1, bs, 1)).reshape(nx), wi, out=xi)
+                x = xi
         return xs
 
     def check_lengths(self, ax: np.ndarray, q: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
@@ -305,7 +321,7 @@ def make_solution(
     layout: QPLayout, d: StepNumbers, z: np.ndarray, status: SolveStatus, message: str, iterations: int, solve_time: float,
 ) -> MPCSolution:
     """The :class:`MPCSolution` of primal solution ``z``: controls from z, states by
-    :meth:`QPLayout.predict`, the cost by :func:`objective`. A "solved" z holding NaN or Inf
+    :meth:`QPLayout.predict` (the cost is computed when asked for). A "solved" z holding NaN or Inf
     is reported FAILED."""
     if z.shape != (layout.n,):
         raise FlowctlError(f"the QP solver returned a primal solution of shape {z.shape}, expected ({layout.n},)")
@@ -314,5 +330,5 @@ def make_solution(
     u = layout.controls(z)
     controls = torch.from_numpy(u)
     states = torch.from_numpy(layout.predict(d, u))
-    cost = objective(layout.config, states, controls, torch.from_numpy(d.reference), torch.from_numpy(d.u_prev))
-    return MPCSolution(status, controls, states, cost, int(iterations), float(solve_time), message)
+    reference, u_prev = torch.from_numpy(d.reference), torch.from_numpy(d.u_prev)
+    return MPCSolution(status, controls, states, int(iterations), float(solve_time), message, layout.config, reference, u_prev)

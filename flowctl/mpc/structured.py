@@ -20,7 +20,7 @@ import torch
 from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError, NonFiniteError
 from ..ocp.problem import SolveStatus, finish
-from .problem import Linearisation, MPCConfig, MPCSolution, check_step_data, objective
+from .problem import Linearisation, MPCConfig, MPCSolution, check_step_data
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class StructuredBackend:
         states = torch.cat([x0.to(like)[None], self._flat(x)])
         if not bool(torch.isfinite(controls).all()):
             raise NonFiniteError("linearisation", "the structured solve produced NaN or Inf (singular or non-finite data)")
-        solution = MPCSolution(status, controls, states, objective(c, states, controls, reference, u_prev), iterations, time.perf_counter() - start, message)
+        solution = MPCSolution(status, controls, states, iterations, time.perf_counter() - start, message, c, reference, u_prev)
         return finish(solution, raise_on_failure)
 
     def _layout(self, v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -208,7 +208,7 @@ class StructuredBackend:
 
     def _admm(self, lin, w, target, r, s, x0, u_prev, bounds):
         """ADMM on ``u`` and ``x`` against their boxes; each iteration one ``_lq`` solve."""
-        g, c, opt = self._g, self.config, self.options
+        c, opt = self.config, self.options
         umin, umax, xmin, xmax = bounds
         rho = opt.rho
         w_aug = [wi + rho for wi in w]

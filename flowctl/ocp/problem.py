@@ -184,15 +184,17 @@ class SolveResult:
 
 
 class SolverError(FlowctlError):
-    """A solve did not succeed; ``result`` holds what it reached."""
+    """A solve did not succeed; ``result`` holds what it reached (a :class:`SolveResult`, or an
+    :class:`flowctl.mpc.MPCSolution` from an MPC backend)."""
 
-    def __init__(self, result: SolveResult):
+    def __init__(self, result):
         self.result = result
         super().__init__(f"solve ended with status {result.status.value}: {result.message}")
 
 
-def finish(result: SolveResult, raise_on_failure: bool) -> SolveResult:
-    """Return ``result``, or raise :class:`SolverError` for a failed one when asked to."""
+def finish(result, raise_on_failure: bool):
+    """Return ``result`` (a :class:`SolveResult` or an MPC solution: anything with ``success``,
+    ``status`` and ``message``), or raise :class:`SolverError` for a failed one when asked to."""
     if raise_on_failure and not result.success:
         raise SolverError(result)
     return result
