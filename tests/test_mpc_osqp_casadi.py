@@ -14,9 +14,15 @@ from scipy import sparse
 
 from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError
 from flowctl.mpc.casadi_backend import CasadiQPBackend, CasadiQPOptions
+from flowctl.mpc.examples import quadcopter
 from flowctl.mpc.osqp_backend import OSQPBackend, OSQPOptions
 from flowctl.mpc.problem import Linearisation, MPCConfig, objective, predict
-from flowctl.mpc.qp_matrices import QPLayout, csc_from_triplets, make_solution
+from flowctl.mpc.qp_matrices import (
+    QPLayout,
+    all_finite,
+    csc_from_triplets,
+    make_solution,
+)
 from flowctl.ocp.problem import SolverError, SolveStatus
 
 BACKENDS = {"osqp": OSQPBackend, "casadi": CasadiQPBackend}
@@ -134,52 +140,22 @@ def test_control_horizon_rate_term_reference_and_affine_term(backend):
 # OSQP's quadcopter example
 # ---------------------------------------------------------------------------------------------
 
-AD = np.array([
-    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
-    [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0],
-    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0],
-    [0.0488, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0016, 0.0, 0.0, 0.0992, 0.0, 0.0],
-    [0.0, -0.0488, 0.0, 0.0, 1.0, 0.0, 0.0, -0.0016, 0.0, 0.0, 0.0992, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0992],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
-    [0.9734, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0488, 0.0, 0.0, 0.9846, 0.0, 0.0],
-    [0.0, -0.9734, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0488, 0.0, 0.0, 0.9846, 0.0],
-    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9846],
-])
-BD = np.array([
-    [0.0, -0.0726, 0.0, 0.0726],
-    [-0.0726, 0.0, 0.0726, 0.0],
-    [-0.0152, 0.0152, -0.0152, 0.0152],
-    [-0.0, -0.0006, -0.0, 0.0006],
-    [0.0006, 0.0, -0.0006, 0.0000],
-    [0.0106, 0.0106, 0.0106, 0.0106],
-    [0, -1.4512, 0.0, 1.4512],
-    [-1.4512, 0.0, 1.4512, 0.0],
-    [-0.3049, 0.3049, -0.3049, 0.3049],
-    [-0.0, -0.0236, 0.0, 0.0236],
-    [0.0236, 0.0, -0.0236, 0.0],
-    [0.2107, 0.2107, 0.2107, 0.2107],
-])
-U0 = 10.5916
-UMIN = np.array([9.6, 9.6, 9.6, 9.6]) - U0
-UMAX = np.array([13.0, 13.0, 13.0, 13.0]) - U0
-XMIN = np.array([-np.pi / 6, -np.pi / 6, -np.inf, -np.inf, -np.inf, -1.0] + [-np.inf] * 6)
-XMAX = np.array([np.pi / 6, np.pi / 6] + [np.inf] * 10)
-QDIAG = np.array([0.0, 0.0, 10.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0])
-XR = np.array([0.0, 0.0, 1.0] + [0.0] * 9)
-N, NSIM = 10, 15
+QUAD = quadcopter()
+AD, BD = QUAD.ad.numpy(), QUAD.bd.numpy()
+UMIN, UMAX = QUAD.u_lower.numpy(), QUAD.u_upper.numpy()
+XMIN, XMAX = QUAD.x_lower.numpy(), QUAD.x_upper.numpy()
+QDIAG, XR = QUAD.q.numpy(), QUAD.reference.numpy()
+N, NSIM = QUAD.horizon, QUAD.steps
 TIGHT = {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iter": 10000, "polishing": True}
 
 
 def plain_osqp_closed_loop(nsim=NSIM):
     """OSQP's MPC example as it is written (x_0 a variable, every bound a row, warm start)."""
     nx, nu = BD.shape
-    x0 = np.zeros(nx)
+    x0 = QUAD.x0.numpy().copy()
     Q = sparse.diags(QDIAG)
-    QN = Q
-    R = 0.1 * sparse.eye(4)
+    QN = sparse.diags(QUAD.q_terminal.numpy())
+    R = sparse.diags(QUAD.r.numpy())
     P = sparse.block_diag([sparse.kron(sparse.eye(N), Q), QN, sparse.kron(sparse.eye(N), R)], format="csc")
     q = np.hstack([np.kron(np.ones(N), -Q @ XR), -QN @ XR, np.zeros(N * nu)])
     Ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(nx)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
@@ -207,19 +183,15 @@ def plain_osqp_closed_loop(nsim=NSIM):
 
 
 def quadcopter_config() -> MPCConfig:
-    nx, nu = BD.shape
-    return MPCConfig(
-        nx=nx, nu=nu, horizon=N, q=t64(QDIAG), q_terminal=t64(QDIAG), r=0.1, s=0.0,
-        u_lower=t64(UMIN), u_upper=t64(UMAX), x_lower=t64(XMIN), x_upper=t64(XMAX),
-    )
+    return QUAD.config()
 
 
 def ours_closed_loop(backend, nsim=NSIM):
-    nx, nu = BD.shape
-    lin = Linearisation(t64(np.tile(AD, (N, 1, 1))), t64(np.tile(BD, (N, 1, 1))), torch.zeros(N, nx))
-    ref, u_prev = t64(np.tile(XR, (N, 1))), torch.zeros(nu)
+    nu = BD.shape[1]
+    lin = QUAD.linearisation()
+    ref, u_prev = QUAD.references(), torch.zeros(nu, dtype=torch.float64)
     backend.build()
-    x, controls, states = np.zeros(nx), [], [np.zeros(nx)]
+    x, controls, states = QUAD.x0.numpy().copy(), [], [QUAD.x0.numpy().copy()]
     for _ in range(nsim):
         sol = backend.solve(lin, t64(x), ref, u_prev)
         ctrl = sol.controls[0].numpy()
@@ -228,10 +200,12 @@ def ours_closed_loop(backend, nsim=NSIM):
     return np.array(controls), np.array(states)
 
 
+@pytest.mark.parametrize("pattern", [False, True])
 @pytest.mark.parametrize("backend", list(BACKENDS))
-def test_quadcopter_closed_loop_matches_plain_osqp(backend, capfd):
+def test_quadcopter_closed_loop_matches_plain_osqp(backend, pattern, capfd):
     plain_u, plain_x = plain_osqp_closed_loop()
-    u, x = ours_closed_loop(BACKENDS[backend](quadcopter_config()))
+    kwargs = {"pattern": QUAD.pattern} if pattern else {}
+    u, x = ours_closed_loop(BACKENDS[backend](quadcopter_config(), **kwargs))
     np.testing.assert_allclose(u, plain_u, atol=1e-5, rtol=0)
     np.testing.assert_allclose(x, plain_x, atol=1e-5, rtol=0)
     assert np.abs(plain_u).max() > 0.5 and np.isclose(plain_u.min(), UMIN[0])  # input bounds active
@@ -246,6 +220,219 @@ def test_quadcopter_qp_is_smaller_than_the_example_and_keeps_zero_entries():
     assert layout.m == N * nx + N * nu + N * 3  # dynamics, input rows, 3 finite state bounds
     # every entry of the dense A_1..A_9 and B_0..B_9 is in the pattern, zeros of AD included
     assert layout.nnz_a == N * nx + (N - 1) * nx * nx + N * nx * nu + N * nu + N * 3
+
+
+def osqp_example_a_nnz():
+    nx, nu = BD.shape
+    ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(nx)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
+    bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, N)), sparse.eye(N)]), sparse.csc_matrix(BD))
+    return sparse.vstack([sparse.hstack([ax, bu]), sparse.eye((N + 1) * nx + N * nu)], format="csc").nnz
+
+
+def test_quadcopter_qp_with_pattern_has_only_the_structural_nonzeros():
+    nx, nu = BD.shape
+    assert torch.equal(QUAD.a_mask, QUAD.ad != 0) and torch.equal(QUAD.b_mask, QUAD.bd != 0)
+    nnz_ad, nnz_bd = int(QUAD.a_mask.sum()), int(QUAD.b_mask.sum())
+    assert (nnz_ad, nnz_bd) == (np.count_nonzero(AD), np.count_nonzero(BD)) == (26, 32)
+    layout = QPLayout(quadcopter_config(), "dense", None, bounds_as_rows=True, pattern=QUAD.pattern)
+    assert (layout.n, layout.m) == (N * nx + N * nu, N * nx + N * nu + N * 3)
+    assert layout.nnz_a == N * nx + (N - 1) * nnz_ad + N * nnz_bd + N * nu + N * 3 == 744
+    assert osqp_example_a_nnz() == 1044  # OSQP's own QP: x_0 a variable, every bound a row
+
+
+def test_examples_are_fresh_and_exact():
+    one, two = quadcopter(), quadcopter()
+    one.ad[0, 0] = 5.0  # tensors are not shared between calls
+    assert two.ad[0, 0] == 1.0
+    assert two.ad.dtype == torch.float64 and two.ad.shape == (12, 12) and two.bd.shape == (12, 4)
+    assert two.u_lower.tolist() == (np.array([9.6] * 4) - 10.5916).tolist()
+    assert two.x_lower[0] == -np.pi / 6 and two.x_lower[5] == -1.0 and two.x_upper[2] == np.inf
+    config = two.config()
+    assert (config.nx, config.nu, config.horizon, config.control_horizon) == (12, 4, 10, 10)
+    assert torch.equal(config.R, torch.full((4,), 0.1, dtype=torch.float64)) and bool((config.S == 0).all())
+    lin = two.linearisation()
+    assert lin.a.shape == (10, 12, 12) and torch.equal(lin.a[3], two.ad) and torch.equal(lin.b[9], two.bd)
+    assert torch.equal(two.plant(two.x0, torch.ones(4, dtype=torch.float64)), two.bd.sum(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Structural sparsity pattern of a "dense" QP
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("which, step, where", [("a", 3, (0, 1)), ("a", 0, (6, 0)), ("b", 7, (0, 0))])
+def test_nonzero_outside_the_pattern_is_refused_by_name(backend, which, step, where):
+    solver = BACKENDS[backend](quadcopter_config(), pattern=QUAD.pattern)
+    lin, ref, up = QUAD.linearisation(), QUAD.references(), torch.zeros(4, dtype=torch.float64)
+    good = solver.solve(lin, QUAD.x0, ref, up)
+    getattr(lin, which)[step][where] = 0.25  # outside the mask (a zero of Ad / Bd)
+    with pytest.raises(InvalidArgumentError) as e:
+        solver.solve(lin, QUAD.x0, ref, up)
+    assert e.value.argument == "linearisation"
+    assert f"{which.upper()}_{step} has the nonzero 0.25 at {where}" in str(e.value)
+    # nothing was written into the solver: a fitting step solves as before
+    again = solver.solve(QUAD.linearisation(), QUAD.x0, ref, up)
+    np.testing.assert_allclose(again.controls.numpy(), good.controls.numpy(), atol=1e-6)
+
+
+def test_pattern_argument_checks():
+    config = quadcopter_config()
+    a_mask, b_mask = QUAD.pattern
+    for pattern, error in (
+        ((a_mask.double(), b_mask), InvalidArgumentError),  # not boolean
+        ((a_mask, b_mask[:, :3]), ShapeError),
+        ((a_mask.T[:4], b_mask), ShapeError),
+        ((a_mask,), InvalidArgumentError),
+        (a_mask, InvalidArgumentError),
+        ((a_mask.tolist(), b_mask), InvalidArgumentError),
+    ):
+        for backend in BACKENDS.values():
+            with pytest.raises(error) as e:
+                backend(config, pattern=pattern)
+            assert e.value.argument == "pattern"
+    square = MPCConfig(nx=4, nu=4, horizon=3)
+    with pytest.raises(InvalidArgumentError) as e:
+        OSQPBackend(square, "diagonal", pattern=(torch.ones(4, 4, dtype=torch.bool), torch.ones(4, 4, dtype=torch.bool)))
+    assert e.value.argument == "pattern"
+    # numpy boolean masks are taken too
+    OSQPBackend(config, pattern=(a_mask.numpy(), b_mask.numpy())).build()
+
+
+def random_masked_problem(rng, nx, nu, np_, nc, density):
+    a_mask = rng.random((nx, nx)) < density
+    np.fill_diagonal(a_mask, True)
+    b_mask = rng.random((nx, nu)) < density
+    a = np.where(a_mask, rng.normal(scale=0.4, size=(np_, nx, nx)), 0.0)
+    b = np.where(b_mask, rng.normal(size=(np_, nx, nu)), 0.0)
+    a[-1][a_mask & (rng.random((nx, nx)) < 0.3)] = 0.0  # a structural entry may hold a zero in some step
+    lin = Linearisation(t64(a), t64(b), t64(0.1 * rng.normal(size=(np_, nx))))
+    config = MPCConfig(
+        nx=nx, nu=nu, horizon=np_, control_horizon=nc, q=t64(rng.uniform(0.5, 2, nx)), r=t64(rng.uniform(0.1, 1, nu)),
+        s=0.3, u_lower=-0.5, u_upper=0.5,
+    )
+    x0, ref, up = t64(rng.normal(size=nx)), t64(rng.normal(size=(np_, nx))), t64(rng.normal(size=nu))
+    return config, (torch.from_numpy(a_mask), torch.from_numpy(b_mask)), lin, x0, ref, up
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    nx=st.integers(1, 5), nu=st.integers(1, 3), np_=st.integers(1, 5), nc_frac=st.floats(0.0, 1.0),
+    density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1),
+)
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_pattern_gives_the_same_solution_as_every_entry(backend, nx, nu, np_, nc_frac, density, seed):
+    rng = np.random.default_rng(seed)
+    nc = max(1, round(nc_frac * np_))
+    config, pattern, lin, x0, ref, up = random_masked_problem(rng, nx, nu, np_, nc, density)
+    masked, full = BACKENDS[backend](config, pattern=pattern), BACKENDS[backend](config)
+    # two different steps through one backend: the second writes new values into the pattern
+    _, _, lin2, x2, ref2, up2 = random_masked_problem(np.random.default_rng(seed + 1), nx, nu, np_, nc, 0.0)
+    lin2 = Linearisation(lin.a * 0.9 + torch.where(pattern[0], 0.05, 0.0), lin.b * 1.1, lin2.c)
+    for step in ((lin, x0, ref, up), (lin2, x2, ref2, up2)):
+        sol, sol_full = masked.solve(*step), full.solve(*step)
+        np.testing.assert_allclose(sol.controls.numpy(), sol_full.controls.numpy(), atol=1e-6)
+        np.testing.assert_allclose(sol.states.numpy(), predict(step[0], step[1], sol.controls).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", [False, True])
+def test_values_changed_in_place_or_only_in_a0_are_seen(pattern):
+    rng = np.random.default_rng(8)
+    config, masks, lin, x0, ref, up = random_masked_problem(rng, 4, 2, 4, 3, 0.5)
+    solver = OSQPBackend(config, pattern=masks if pattern else None)
+    for _ in range(3):  # the same data again and again (the cached path)
+        sol = solver.solve(lin, x0, ref, up)
+
+    def fresh():
+        return OSQPBackend(config).solve(lin, x0, ref, up)
+
+    np.testing.assert_allclose(sol.controls.numpy(), fresh().controls.numpy(), atol=1e-7)
+    lin.a[0] *= 1.5  # only A_0 (right-hand side) changes, in place
+    sol = solver.solve(lin, x0, ref, up)
+    np.testing.assert_allclose(sol.controls.numpy(), fresh().controls.numpy(), atol=1e-7)
+    np.testing.assert_allclose(sol.states.numpy(), predict(lin, x0, sol.controls).numpy(), atol=1e-12)
+    lin.a[2] *= 0.5  # a matrix in the QP changes, in place
+    lin.b[1] *= -1.0
+    sol = solver.solve(lin, x0, ref, up)
+    np.testing.assert_allclose(sol.controls.numpy(), fresh().controls.numpy(), atol=1e-7)
+    np.testing.assert_allclose(sol.states.numpy(), predict(lin, x0, sol.controls).numpy(), atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(nx=st.integers(1, 6), nu=st.integers(1, 4), np_=st.integers(1, 8), nc=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
+def test_prediction_matrix_is_the_recursion(nx, nu, np_, nc, seed):
+    nc = min(nc, np_)
+    rng = np.random.default_rng(seed)
+    lin = time_varying_lin(rng, np_, nx, nu, c=True)
+    config = MPCConfig(nx=nx, nu=nu, horizon=np_, control_horizon=nc)
+    layout = QPLayout(config, "dense", None, bounds_as_rows=True)
+    x0, u = t64(rng.normal(size=nx)), t64(rng.normal(size=(nc, nu)))
+    d = layout.numbers(lin, x0, torch.zeros(np_, nx, dtype=torch.float64), torch.zeros(nu, dtype=torch.float64))
+    matrix = layout.prediction_matrix(d.a, d.b)
+    assert matrix.shape == (np_ * nx, nx + nc * nu + np_ * nx)
+    expected = predict(lin, x0, u).numpy()
+    np.testing.assert_allclose(layout.predict(d, u.numpy()), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layout.predict(d, u.numpy(), matrix), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_prediction_matrix_only_for_small_dense_problems():
+    config, lin, *_ = structured_problem("diagonal", np.random.default_rng(0))
+    layout = QPLayout(config, "diagonal", None, bounds_as_rows=True)
+    assert layout.prediction_matrix(lin.a.numpy(), lin.b.numpy()) is None
+    big = MPCConfig(nx=60, nu=60, horizon=10)
+    layout = QPLayout(big, "dense", None, bounds_as_rows=True)
+    assert layout.prediction_matrix(np.zeros((10, 60, 60)), np.zeros((10, 60, 60))) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# The quick checks of the per-step path
+# ---------------------------------------------------------------------------------------------
+
+
+def test_all_finite():
+    for n in (0, 5, 5000):
+        v = np.linspace(-1.0, 1.0, n)
+        assert all_finite(v)
+        if n:
+            for bad in (np.nan, np.inf, -np.inf):
+                w = v.copy()
+                w[n // 2] = bad
+                assert not all_finite(w)
+    assert all_finite(np.array([1e200, -1e300, 3.0]))  # squares overflow, values are finite
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_bad_step_data_is_refused_by_name(backend):
+    config, lin, x0, ref, up = structured_problem("diagonal", np.random.default_rng(11))
+    solver = BACKENDS[backend](config, "diagonal")
+    solver.solve(lin, x0, ref, up)
+    cases = []
+    for name, value in (("x0", np.nan), ("x0", np.inf), ("reference", -np.inf), ("u_prev", np.nan)):
+        args = {"x0": x0.clone(), "reference": ref.clone(), "u_prev": up.clone()}
+        args[name].view(-1)[2] = value
+        cases.append((args, NonFiniteError, name))
+    cases += [
+        ({"x0": x0.numpy(), "reference": ref, "u_prev": up}, InvalidArgumentError, "x0"),
+        ({"x0": x0.long(), "reference": ref, "u_prev": up}, InvalidArgumentError, "x0"),
+        ({"x0": x0.to(torch.complex128), "reference": ref, "u_prev": up}, InvalidArgumentError, "x0"),
+        ({"x0": x0, "reference": ref, "u_prev": up[:3]}, ShapeError, "u_prev"),
+        ({"x0": x0, "reference": ref[None], "u_prev": up}, ShapeError, "reference"),
+    ]
+    for args, error, name in cases:
+        with pytest.raises(error) as e:
+            solver.solve(lin, args["x0"], args["reference"], args["u_prev"])
+        assert e.value.argument == name
+    for field in ("a", "b", "c"):  # a linearisation changed in place after its checks
+        bad = Linearisation(lin.a.clone(), lin.b.clone(), lin.c.clone(), "diagonal")
+        getattr(bad, field)[1, 2] = np.nan
+        with pytest.raises(NonFiniteError) as e:
+            solver.solve(bad, x0, ref, up)
+        assert e.value.argument == "linearisation"
+    # huge but finite data pass the quick check's fallback; grad and float32 inputs are taken
+    layout = solver.layout
+    layout.numbers(lin, torch.full_like(x0, 1e200), ref, up)
+    sol = solver.solve(lin, x0.float().requires_grad_(), ref.float(), up)
+    assert sol.success and sol.controls.dtype == torch.float64
 
 
 def test_warm_start_switch():

@@ -28,7 +28,7 @@ from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
 from .problem import Linearisation, MPCConfig, MPCSolution
-from .qp_matrices import QPLayout, check_linearisation, check_structure, make_solution
+from .qp_matrices import QPLayout, check_pattern, check_structure, make_solution
 
 PLUGINS = ("osqp", "qrqp", "qpoases", "highs")
 
@@ -124,6 +124,10 @@ class CasadiQPBackend:
         structure: sparsity of A_i, B_i: "dense", "diagonal" or "block" (then ``block_size``).
         block_size: size of the diagonal blocks for structure="block".
         options: :class:`CasadiQPOptions` (plugin "osqp" by default).
+        pattern: for structure="dense" only: ``(a_mask, b_mask)``, boolean (nx, nx) and (nx, nu)
+            tensors of the entries of A_i, B_i that may be nonzero (as
+            :class:`flowctl.mpc.osqp_backend.OSQPBackend`); a linearisation with a nonzero outside
+            them is refused.
 
     Attributes:
         build_time: seconds :meth:`build` took (None before it).
@@ -132,7 +136,10 @@ class CasadiQPBackend:
     report one and gives -1.
     """
 
-    def __init__(self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None, options: CasadiQPOptions = CasadiQPOptions()):
+    def __init__(
+        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
+        options: CasadiQPOptions = CasadiQPOptions(), pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         if not isinstance(config, MPCConfig):
             raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
         if not isinstance(options, CasadiQPOptions):
@@ -141,6 +148,8 @@ class CasadiQPBackend:
         self.structure = structure
         self.options = options
         self.block_size = check_structure(config, structure, block_size)
+        check_pattern(config, structure, pattern)
+        self.pattern = pattern
         self.layout: QPLayout | None = None
         self.build_time: float | None = None
         self._solver: casadi.Function | None = None
@@ -149,7 +158,7 @@ class CasadiQPBackend:
     def build(self) -> None:
         """Assemble the QP's pattern and create the conic solver (once; a second call rebuilds)."""
         t0 = time.perf_counter()
-        layout = QPLayout(self.config, self.structure, self.block_size, bounds_as_rows=False)
+        layout = QPLayout(self.config, self.structure, self.block_size, bounds_as_rows=False, pattern=self.pattern)
         n, m = layout.n, layout.m
         self._h_sp = _sparsity(layout.p_full[0], layout.p_full[1], (n, n))
         self._a_sp = _sparsity(layout.a_indptr, layout.a_indices, (m, n))
@@ -169,8 +178,8 @@ class CasadiQPBackend:
         if self._solver is None:
             self.build()
         layout = self.layout
-        check_linearisation(self.config, self.structure, self.block_size, lin, x0, reference, u_prev)
-        d = layout.numbers(lin, x0, reference, u_prev)
+        d = layout.numbers(lin, x0, reference, u_prev)  # checked: typed errors name the argument
+        layout.check_matrices(d.a, d.b)
         ax, q, lower, upper = layout.step_data(d)
         layout.check_lengths(ax, q, lower, upper)
         args = {

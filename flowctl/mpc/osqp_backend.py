@@ -1,10 +1,19 @@
 """The MPC QP solved by OSQP (osqp >= 1.0), pattern fixed at build, numbers updated per step.
 
 ``build()`` assembles the QP's sparsity pattern once (:class:`flowctl.mpc.qp_matrices.QPLayout`)
-and sets OSQP up; ``solve()`` writes the step's A_i, B_i into A's value array with one
-precomputed scatter, checks every update's length itself (OSQP only prints on a wrong length
-and then solves the old problem), updates ``q, l, u`` (and ``Ax`` when the linearisation's
-values changed: an ``Ax`` update makes OSQP re-scale and re-factorise), and solves.
+and sets OSQP up; ``solve()`` checks the step's data, and when A_i, B_i differ from the last
+step's (compared bit for bit, so a change made in place is seen) checks them (finite, inside the
+``pattern`` if one was given) and writes them into A's value array with one precomputed
+scatter; it checks every update's length itself (OSQP only prints on a wrong length and then
+solves the old problem), updates ``q, l, u`` (and ``Ax`` when the matrices changed: an ``Ax``
+update makes OSQP re-scale and re-factorise), and solves. While A_i, B_i stay the same, the
+predicted states of the solution come from one product with a cached prediction matrix
+(:meth:`flowctl.mpc.qp_matrices.QPLayout.prediction_matrix`, "dense" problems of moderate size).
+
+A "dense" backend built with ``pattern=(a_mask, b_mask)`` puts only the mask's entries of A_i,
+B_i in the QP (OSQP's own examples pass only the nonzeros of their matrices); a linearisation
+with a nonzero outside the mask is refused (:class:`flowctl.errors.InvalidArgumentError` naming
+"linearisation"), since OSQP would silently ignore that entry.
 
 Any status other than "solved" is a failure (raised as :class:`flowctl.ocp.SolverError` unless
 ``raise_on_failure=False``): "solved inaccurate" is never reported as solved.
@@ -24,7 +33,7 @@ from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
 from .problem import Linearisation, MPCConfig, MPCSolution
-from .qp_matrices import QPLayout, check_linearisation, check_structure, make_solution
+from .qp_matrices import QPLayout, check_pattern, check_structure, make_solution
 
 
 @dataclass(frozen=True)
@@ -81,13 +90,19 @@ class OSQPBackend:
             every linearisation given to :meth:`solve` must have it.
         block_size: size of the diagonal blocks for structure="block".
         options: :class:`OSQPOptions`.
+        pattern: for structure="dense" only: ``(a_mask, b_mask)``, boolean (nx, nx) and (nx, nu)
+            tensors marking the entries of A_i, B_i that may be nonzero in any step (the
+            structural sparsity, e.g. ``(Ad != 0, Bd != 0)``); None puts every entry in the QP.
 
     Attributes:
         build_time: seconds :meth:`build` took (None before it).
         layout: the QP's pattern (:class:`flowctl.mpc.qp_matrices.QPLayout`), None before build.
     """
 
-    def __init__(self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None, options: OSQPOptions = OSQPOptions()):
+    def __init__(
+        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
+        options: OSQPOptions = OSQPOptions(), pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         if not isinstance(config, MPCConfig):
             raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
         if not isinstance(options, OSQPOptions):
@@ -96,15 +111,18 @@ class OSQPBackend:
         self.structure = structure
         self.options = options
         self.block_size = check_structure(config, structure, block_size)
+        check_pattern(config, structure, pattern)
+        self.pattern = pattern
         self.layout: QPLayout | None = None
         self.build_time: float | None = None
         self._solver: osqp.OSQP | None = None
-        self._last_ax: np.ndarray | None = None
+        self._last: tuple[tuple[bytes, bytes], np.ndarray] | None = None  # (a, b) bytes, Ax in OSQP
+        self._prediction: np.ndarray | None = None  # layout.prediction_matrix of the A_i, B_i in _last
 
     def build(self) -> None:
         """Assemble the QP's pattern and set OSQP up (once; a second call rebuilds)."""
         t0 = time.perf_counter()
-        layout = QPLayout(self.config, self.structure, self.block_size, bounds_as_rows=True)
+        layout = QPLayout(self.config, self.structure, self.block_size, bounds_as_rows=True, pattern=self.pattern)
         n, m = layout.n, layout.m
         P = spa.csc_matrix((layout.p_upper[2], layout.p_upper[1], layout.p_upper[0]), shape=(n, n))
         A = spa.csc_matrix((layout.a_template, layout.a_indices, layout.a_indptr), shape=(m, n))
@@ -115,7 +133,7 @@ class OSQPBackend:
             eps_abs=opts.eps_abs, eps_rel=opts.eps_rel, max_iter=opts.max_iter,
             polishing=opts.polish, warm_starting=opts.warm_start, verbose=False,
         )
-        self.layout, self._solver, self._last_ax = layout, solver, None
+        self.layout, self._solver, self._last, self._prediction = layout, solver, None, None
         self.build_time = time.perf_counter() - t0
 
     def solve(
@@ -135,21 +153,34 @@ class OSQPBackend:
         if self._solver is None:
             self.build()
         layout, solver = self.layout, self._solver
-        check_linearisation(self.config, self.structure, self.block_size, lin, x0, reference, u_prev)
-        d = layout.numbers(lin, x0, reference, u_prev)
-        ax, q, lower, upper = layout.step_data(d)
-        layout.check_lengths(ax, q, lower, upper)
-        if self._last_ax is not None and np.array_equal(ax, self._last_ax):
+        d = layout.numbers(lin, x0, reference, u_prev)  # checked: typed errors name the argument
+        q, lower, upper = layout.vectors(d)
+        a, b, last = d.a, d.b, self._last
+        # the same A_i, B_i as last step? (compared bit for bit: a -0.0 for a 0.0 counts as a change)
+        key = (a.tobytes(), b.tobytes())
+        if last is not None and key == last[0]:
+            layout.check_lengths(last[1], q, lower, upper)
             solver.update(q=q, l=lower, u=upper)
+            if self._prediction is None:  # the same A_i, B_i twice: worth the prediction matrix
+                self._prediction = layout.prediction_matrix(a, b)
         else:
-            solver.update(Ax=ax, q=q, l=lower, u=upper)
-            self._last_ax = ax
+            self._prediction = None
+            layout.check_matrices(a, b)
+            ax = layout.matrix_values(a, b)
+            layout.check_lengths(ax, q, lower, upper)
+            if last is not None and np.array_equal(ax, last[1]):  # only A_0 changed: no refactorisation
+                solver.update(q=q, l=lower, u=upper)
+            else:
+                solver.update(Ax=ax, q=q, l=lower, u=upper)
+            self._last = (key, ax)
         t0 = time.perf_counter()
         result = solver.solve(raise_error=False)
         solve_time = time.perf_counter() - t0
 
         info = result.info
-        solution = make_solution(layout, d, np.asarray(result.x), osqp_status(info.status_val), str(info.status), info.iter, solve_time)
+        solution = make_solution(
+            layout, d, np.asarray(result.x), osqp_status(info.status_val), str(info.status), info.iter, solve_time, self._prediction,
+        )
         if not solution.success and self.options.warm_start:
             # Do not warm start the next solve from a failed iterate.
             solver.warm_start(x=np.zeros(layout.n), y=np.zeros(layout.m))

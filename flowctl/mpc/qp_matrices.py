@@ -21,17 +21,23 @@ matrix, where structural entries whose value happens to be zero would vanish fro
 For each step the values of A_1..A_{Np-1} and B_0..B_{Np-1}, flattened in the linearisation's
 own layout ("dense" (nx, nx)/(nx, nu) matrices, "diagonal" vectors, "block" (nb, bs, bs)
 blocks), are written into the CSC value array by one precomputed scatter.
+
+A "dense" QP may be given a structural sparsity pattern ``(a_mask, b_mask)``: boolean (nx, nx)
+and (nx, nu) masks of the entries of A_i and B_i that may be nonzero. Only those entries enter
+A's pattern (OSQP's factorisation then works on the true sparsity, as OSQP's own examples do);
+an entry outside the mask that is nonzero in a step's linearisation would be silently dropped
+by the solver, so :meth:`QPLayout.check_matrices` refuses it by name ("linearisation").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .._checks import check_int
-from ..errors import FlowctlError, InvalidArgumentError, ShapeError
+from ..errors import FlowctlError, InvalidArgumentError, NonFiniteError, ShapeError
 from ..ocp.problem import SolveStatus
 from .problem import (
     STRUCTURES,
@@ -40,6 +46,9 @@ from .problem import (
     MPCSolution,
     check_step_data,
 )
+
+MAX_PREDICTION_ENTRIES = 1 << 17
+"""The largest :meth:`QPLayout.prediction_matrix` built (entries; 1 MiB of float64)."""
 
 
 def check_structure(config: MPCConfig, structure: str, block_size: int | None) -> int | None:
@@ -60,6 +69,32 @@ def check_structure(config: MPCConfig, structure: str, block_size: int | None) -
     return None
 
 
+def check_pattern(config: MPCConfig, structure: str, pattern: object) -> tuple[np.ndarray, np.ndarray] | None:
+    """Validate a backend's ``pattern``: None, or with structure "dense" a pair ``(a_mask, b_mask)``
+    of boolean tensors (or numpy arrays) of shapes (nx, nx) and (nx, nu). Returns numpy copies."""
+    if pattern is None:
+        return None
+    if structure != "dense":
+        raise InvalidArgumentError("pattern", f"only applies to structure='dense', got structure={structure!r}")
+    if not isinstance(pattern, (tuple, list)) or len(pattern) != 2:
+        raise InvalidArgumentError("pattern", f"expected a pair (a_mask, b_mask), got {type(pattern).__name__}")
+    masks = []
+    for which, mask, shape in (("a_mask", pattern[0], (config.nx, config.nx)), ("b_mask", pattern[1], (config.nx, config.nu))):
+        if isinstance(mask, torch.Tensor):
+            if mask.dtype != torch.bool:
+                raise InvalidArgumentError("pattern", f"{which} must be a boolean tensor, got dtype {mask.dtype}")
+            mask = mask.detach().cpu().numpy()
+        elif isinstance(mask, np.ndarray):
+            if mask.dtype != np.bool_:
+                raise InvalidArgumentError("pattern", f"{which} must be boolean, got dtype {mask.dtype}")
+        else:
+            raise InvalidArgumentError("pattern", f"{which}: expected a boolean torch.Tensor, got {type(mask).__name__}")
+        if mask.shape != shape:
+            raise ShapeError("pattern", f"{which} must have shape {shape}, got {tuple(mask.shape)}")
+        masks.append(np.array(mask, dtype=bool))
+    return masks[0], masks[1]
+
+
 def check_linearisation(
     config: MPCConfig, structure: str, block_size: int | None,
     lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor,
@@ -76,9 +111,20 @@ def check_linearisation(
         )
 
 
+def all_finite(v: np.ndarray) -> bool:
+    """Whether the float64 array ``v`` holds no NaN or Inf (elementwise: no BLAS call, which a
+    multithreaded BLAS was measured to make 7.7 ms for 12,288 entries on a 2-core machine, and no
+    overflow warning for huge finite values)."""
+    return bool(np.isfinite(v).all())
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    if t.dtype is torch.float64 and t.device.type == "cpu" and not t.requires_grad:
-        return t.numpy()
+    """``t`` as a float64 numpy array: a view for a float64 CPU tensor without grad, else a copy."""
+    if t.dtype is torch.float64:
+        try:
+            return t.numpy()  # refuses (RuntimeError / TypeError) a tensor with grad or off the CPU
+        except (RuntimeError, TypeError):
+            pass
     return t.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
@@ -101,9 +147,12 @@ def csc_from_triplets(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
     return indptr, r, position
 
 
-def _local_pattern(structure: str, nx: int, nu: int, bs: int | None, which: str) -> tuple[np.ndarray, np.ndarray]:
-    """(row, col) within one step's A_i (which="a") or B_i ("b"), in the tensor's C order."""
+def _local_pattern(structure: str, nx: int, nu: int, bs: int | None, which: str, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) within one step's A_i (which="a") or B_i ("b"), in the tensor's C order
+    (for "dense" with a ``mask``, only the mask's entries, in C order)."""
     if structure == "dense":
+        if mask is not None:
+            return np.nonzero(mask)
         ncol = nx if which == "a" else nu
         r, c = np.divmod(np.arange(nx * ncol), ncol)
         return r, c
@@ -127,13 +176,32 @@ class QPLayout:
             (-1 of the dynamics, 1 of the bound rows) filled in and 0 where A_i, B_i go.
         l_template, u_template: row bounds with the bound rows filled in.
         lbx, ubx: simple bounds on z (+-inf with ``bounds_as_rows``).
+        pattern: ``(a_mask, b_mask)`` numpy boolean masks of a "dense" QP built with a structural
+            sparsity pattern, else None.
     """
 
-    def __init__(self, config: MPCConfig, structure: str, block_size: int | None, *, bounds_as_rows: bool, all_state_rows: bool = False):
+    def __init__(
+        self, config: MPCConfig, structure: str, block_size: int | None, *,
+        bounds_as_rows: bool, all_state_rows: bool = False, pattern: object = None,
+    ):
         self.config = config
         self.structure = structure
         self.block_size = check_structure(config, structure, block_size)
+        self.pattern = check_pattern(config, structure, pattern)
         nx, nu, np_, nc = config.nx, config.nu, config.horizon, config.control_horizon
+        if structure == "dense":
+            self.a_shape, self.b_shape = (np_, nx, nx), (np_, nx, nu)
+        elif structure == "diagonal":
+            self.a_shape = self.b_shape = (np_, nx)
+        else:
+            self.a_shape = self.b_shape = (np_, nx // self.block_size, self.block_size, self.block_size)
+        self.c_shape = (np_, nx)
+        # entries of A_i, B_i (flat, C order) taken into the QP / required to be zero
+        self._a_take = self._b_take = self._a_off = self._b_off = None
+        if self.pattern is not None:
+            a_mask, b_mask = self.pattern
+            self._a_take, self._b_take = np.flatnonzero(a_mask), np.flatnonzero(b_mask)
+            self._a_off, self._b_off = np.flatnonzero(~a_mask), np.flatnonzero(~b_mask)
         self.n_states = np_ * nx
         self.n = self.n_states + nc * nu
         self.n_dyn = np_ * nx
@@ -163,8 +231,9 @@ class QPLayout:
         rows, cols, vals = [], [], []
         eye = np.arange(np_ * nx)  # -x_{i+1} in row block i: row i nx + k, column of x_{i+1} = i nx + k
         rows.append(eye), cols.append(eye), vals.append(np.full(eye.size, -1.0))
-        ar, ac = _local_pattern(structure, nx, nu, self.block_size, "a")
-        br, bc = _local_pattern(structure, nx, nu, self.block_size, "b")
+        a_mask, b_mask = self.pattern if self.pattern is not None else (None, None)
+        ar, ac = _local_pattern(structure, nx, nu, self.block_size, "a", a_mask)
+        br, bc = _local_pattern(structure, nx, nu, self.block_size, "b", b_mask)
         steps_a = np.arange(1, np_)  # A_0 multiplies the measured x_0: right-hand side
         a_rows = (steps_a[:, None] * nx + ar[None, :]).ravel()
         a_cols = ((steps_a[:, None] - 1) * nx + ac[None, :]).ravel()
@@ -206,8 +275,8 @@ class QPLayout:
         self.b_pos = position[start_b : start_b + b_rows.size].reshape(np_, br.size)
         self.nnz_a = position.size
 
-        self._q_weights = np.concatenate([np.tile(Q, (np_ - 1, 1)), QN[None]])  # (Np, nx)
-        self._S = S
+        self._neg_q_weights = -np.concatenate([np.tile(Q, (np_ - 1, 1)), QN[None]])  # (Np, nx)
+        self._neg_S = -S
 
     @staticmethod
     def _csc(rows, cols, vals, shape):
@@ -218,78 +287,160 @@ class QPLayout:
 
     # ---- per step -------------------------------------------------------------------------
 
+    def numbers(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor) -> StepNumbers:
+        """The step's data checked and converted to float64 numpy arrays.
+
+        Raises the errors of :func:`check_linearisation` (a typed error naming the argument: wrong
+        type, structure, shape, or NaN / Inf in ``x0``, ``reference``, ``u_prev`` or ``lin.c``).
+        The usual case costs a few attribute checks and one ``np.isfinite`` over the converted
+        vectors (:func:`check_linearisation` costs about 20 us); when that fails, the full check
+        runs and raises the precise error. A_i, B_i are checked by :meth:`check_matrices`.
+        """
+        if not (
+            isinstance(lin, Linearisation) and lin.structure == self.structure
+            and lin.a.shape == self.a_shape and lin.b.shape == self.b_shape and lin.c.shape == self.c_shape
+            and isinstance(x0, torch.Tensor) and isinstance(reference, torch.Tensor) and isinstance(u_prev, torch.Tensor)
+            and x0.shape == self.c_shape[1:] and reference.shape == self.c_shape and u_prev.shape == (self.config.nu,)
+            and x0.is_floating_point() and reference.is_floating_point() and u_prev.is_floating_point()
+        ):
+            self._refuse(lin, x0, reference, u_prev)
+        d = StepNumbers(_numpy(lin.a), _numpy(lin.b), _numpy(lin.c), _numpy(x0), _numpy(reference), _numpy(u_prev))
+        if not all_finite(np.concatenate((d.x0, d.reference.reshape(-1), d.u_prev, d.c.reshape(-1)))):
+            self._refuse(lin, x0, reference, u_prev)
+        return d
+
+    def _refuse(self, lin, x0, reference, u_prev) -> None:
+        """Raise the precise error for data that failed :meth:`numbers`' quick test."""
+        check_linearisation(self.config, self.structure, self.block_size, lin, x0, reference, u_prev)
+        for name, t in (("x0", x0), ("reference", reference), ("u_prev", u_prev)):
+            if not t.is_floating_point():
+                raise InvalidArgumentError(name, f"expected a real floating-point tensor, got dtype {t.dtype}")
+        if not bool(torch.isfinite(lin.c).all()):
+            raise NonFiniteError("linearisation", "c contains NaN or Inf (changed in place after construction?)")
+        raise InvalidArgumentError("linearisation", "the step's data do not fit the QP built (no precise check failed)")
+
+    def check_matrices(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Refuse A_i, B_i (float64, the linearisation's layout) holding NaN or Inf, or, with a
+        ``pattern``, a nonzero outside it (the solver would silently drop it)."""
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise NonFiniteError("linearisation", "a or b contains NaN or Inf (changed in place after construction?)")
+        if self.pattern is None:
+            return
+        np_ = self.config.horizon
+        for which, m, off, mask in (("A", a, self._a_off, self.pattern[0]), ("B", b, self._b_off, self.pattern[1])):
+            outside = m.reshape(np_, -1)[:, off]
+            if np.count_nonzero(outside):
+                i, k = np.argwhere(outside)[0]
+                row, col = np.argwhere(~mask)[k]
+                raise InvalidArgumentError(
+                    "linearisation",
+                    f"{which}_{i} has the nonzero {m[i, row, col]:.6g} at ({row}, {col}), outside the sparsity "
+                    "pattern the backend was built with (the solver would silently ignore it); "
+                    "build with a pattern that covers it",
+                )
+
     def matrix_values(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """A's CSC values for A_i (Np, ...) and B_i (Np, ...) in the linearisation's layout."""
         values = self.a_template.copy()
         np_ = self.config.horizon
         if np_ > 1:
-            values[self.a_pos] = a[1:].reshape(np_ - 1, -1)
-        values[self.b_pos] = b.reshape(np_, -1)
+            a_flat = a[1:].reshape(np_ - 1, -1)
+            values[self.a_pos] = a_flat if self._a_take is None else a_flat[:, self._a_take]
+        b_flat = b.reshape(np_, -1)
+        values[self.b_pos] = b_flat if self._b_take is None else b_flat[:, self._b_take]
         return values
-
-    def dynamics_rhs(self, a0: np.ndarray, c: np.ndarray, x0: np.ndarray) -> np.ndarray:
-        """Right-hand sides of the dynamics rows: -c_i, and -c_0 - A_0 x_0 for the first."""
-        rhs = -c.reshape(-1)
-        nx = self.config.nx
-        if self.structure == "dense":
-            ax0 = a0 @ x0
-        elif self.structure == "diagonal":
-            ax0 = a0 * x0
-        else:
-            bs = self.block_size
-            ax0 = np.matmul(a0, x0.reshape(-1, bs, 1)).reshape(nx)
-        rhs[:nx] -= ax0
-        return rhs
 
     def linear_cost(self, reference: np.ndarray, u_prev: np.ndarray) -> np.ndarray:
         """q: -Q_i r_i on the states, -S u_{-1} on u_0."""
         q = np.zeros(self.n)
-        q[: self.n_states] = -(self._q_weights * reference).reshape(-1)
-        nu = self.config.nu
-        q[self.n_states : self.n_states + nu] = -self._S * u_prev
+        ns, nu = self.n_states, self.config.nu
+        np.multiply(self._neg_q_weights, reference, out=q[:ns].reshape(reference.shape))
+        np.multiply(self._neg_S, u_prev, out=q[ns : ns + nu])
         return q
 
-    def numbers(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor) -> StepNumbers:
-        """The step's data as float64 numpy arrays (already checked)."""
-        return StepNumbers(_numpy(lin.a), _numpy(lin.b), _numpy(lin.c), _numpy(x0), _numpy(reference), _numpy(u_prev))
-
-    def step_data(self, d: StepNumbers) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(Ax, q, l, u)`` of one step."""
-        ax = self.matrix_values(d.a, d.b)
-        rhs = self.dynamics_rhs(d.a[0], d.c, d.x0)
+    def vectors(self, d: StepNumbers) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(q, l, u)`` of one step: :meth:`linear_cost`, and the row bounds with the dynamics
+        rows' right-hand sides ``-c_i``, and ``-c_0 - A_0 x_0`` for the first, written in place."""
+        nd, nx = self.n_dyn, self.config.nx
         lower = self.l_template.copy()
-        upper = self.u_template.copy()
-        lower[: self.n_dyn] = rhs
-        upper[: self.n_dyn] = rhs
-        return ax, self.linear_cost(d.reference, d.u_prev), lower, upper
-
-    def predict(self, d: StepNumbers, controls: np.ndarray) -> np.ndarray:
-        """:func:`flowctl.mpc.problem.predict` in numpy: states (Np + 1, nx) under ``controls``
-        (Nc, nu), the last held to Np (the same recursion, without torch's per-call overhead)."""
-        cfg = self.config
-        np_, nc, nx = cfg.horizon, controls.shape[0], cfg.nx
-        held = controls if nc == np_ else controls[np.minimum(np.arange(np_), nc - 1)]  # (Np, nu)
-        if self.structure == "diagonal":
-            w = d.b * held + d.c
-        elif self.structure == "dense":
-            w = (d.b @ held[:, :, None]).reshape(np_, nx) + d.c
+        rhs = lower[:nd]
+        np.negative(d.c.reshape(-1), out=rhs)
+        a0, x0 = d.a[0], d.x0
+        if self.structure == "dense":
+            rhs[:nx] -= a0.dot(x0)
+        elif self.structure == "diagonal":
+            rhs[:nx] -= a0 * x0
         else:
             bs = self.block_size
-            w = (d.b @ held.reshape(np_, -1, bs, 1)).reshape(np_, nx) + d.c
+            rhs[:nx] -= np.matmul(a0, x0.reshape(-1, bs, 1)).reshape(nx)
+        upper = self.u_template.copy()
+        upper[:nd] = rhs
+        return self.linear_cost(d.reference, d.u_prev), lower, upper
+
+    def step_data(self, d: StepNumbers) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(Ax, q, l, u)`` of one step (A_i, B_i as given: see :meth:`check_matrices`)."""
+        return (self.matrix_values(d.a, d.b), *self.vectors(d))
+
+    def prediction_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """For "dense" A_i, B_i: the matrix M with ``(x_1, .., x_Np) = M (x_0, u_0, .., u_{Nc-1},
+        c_0, .., c_{Np-1})`` (flat), which makes :meth:`predict` one matrix-vector product while
+        A_i, B_i stay the same; None for the other structures, or where M would have more than
+        ``MAX_PREDICTION_ENTRIES`` entries."""
+        cfg = self.config
+        np_, nc, nx, nu = cfg.horizon, cfg.control_horizon, cfg.nx, cfg.nu
+        k = nx + nc * nu + np_ * nx
+        if self.structure != "dense" or np_ * nx * k > MAX_PREDICTION_ENTRIES:
+            return None
+        m = np.zeros((np_, nx, k))
+        prev = np.zeros((nx, k))
+        prev[:, :nx] = np.eye(nx)
+        cu = nx + nc * nu
+        for i in range(np_):
+            cur = m[i]
+            np.matmul(a[i], prev, out=cur)
+            j = min(i, nc - 1)
+            cur[:, nx + j * nu : nx + (j + 1) * nu] += b[i]
+            cur[:, cu + i * nx : cu + (i + 1) * nx] += np.eye(nx)
+            prev = cur
+        return m.reshape(np_ * nx, k)
+
+    def predict(self, d: StepNumbers, controls: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+        """:func:`flowctl.mpc.problem.predict` in numpy: states (Np + 1, nx) under ``controls``
+        (Nc, nu), the last held to Np (the same recursion, without torch's per-call overhead; or,
+        given ``matrix = prediction_matrix(d.a, d.b)``, one product with it: equal up to rounding)."""
+        cfg = self.config
+        np_, nc, nx = cfg.horizon, controls.shape[0], cfg.nx
+        if matrix is not None:
+            xs = np.empty((np_ + 1, nx))
+            xs[0] = d.x0
+            np.dot(matrix, np.concatenate((d.x0, controls.reshape(-1), d.c.reshape(-1))), out=xs[1:].reshape(-1))
+            return xs
+        held = controls if nc == np_ else controls[np.minimum(np.arange(np_), nc - 1)]  # (Np, nu)
+        if self.structure == "diagonal":
+            w = d.b * held
+        elif self.structure == "dense":
+            w = np.matmul(d.b, held[:, :, None]).reshape(np_, nx)
+        else:
+            bs = self.block_size
+            w = np.matmul(d.b, held.reshape(np_, -1, bs, 1)).reshape(np_, nx)
+        w += d.c
         xs = np.empty((np_ + 1, nx))
         xs[0] = x = d.x0
         # x_{i+1} = A_i x_i + w_i, one step at a time, written into xs in place
         if self.structure == "diagonal":
             for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.add(ai * x, wi, out=xi)
+                np.multiply(ai, x, out=xi)
+                xi += wi
                 x = xi
         elif self.structure == "dense":
             for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.add(ai.dot(x), wi, out=xi)
+                np.dot(ai, x, out=xi)
+                xi += wi
                 x = xi
         else:
             for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.add((ai @ x.reshape(-1, bs, 1)).reshape(nx), wi, out=xi)
+                np.matmul(ai, x.reshape(-1, bs, 1), out=xi.reshape(-1, bs, 1))
+                xi += wi
                 x = xi
         return xs
 
@@ -305,9 +456,9 @@ class QPLayout:
         return np.array(z[self.n_states :], dtype=np.float64).reshape(cfg.control_horizon, cfg.nu)
 
 
-@dataclass(frozen=True)
-class StepNumbers:
-    """One step's data as float64 numpy arrays, in the linearisation's layout."""
+class StepNumbers(NamedTuple):
+    """One step's data as float64 numpy arrays, in the linearisation's layout (a named tuple:
+    cheaper to make than a dataclass on the per-step path)."""
 
     a: np.ndarray
     b: np.ndarray
@@ -319,16 +470,18 @@ class StepNumbers:
 
 def make_solution(
     layout: QPLayout, d: StepNumbers, z: np.ndarray, status: SolveStatus, message: str, iterations: int, solve_time: float,
+    prediction: np.ndarray | None = None,
 ) -> MPCSolution:
     """The :class:`MPCSolution` of primal solution ``z``: controls from z, states by
-    :meth:`QPLayout.predict` (the cost is computed when asked for). A "solved" z holding NaN or Inf
-    is reported FAILED."""
+    :meth:`QPLayout.predict` (with ``prediction``, :meth:`QPLayout.prediction_matrix` of the
+    step's A_i, B_i) (the cost is computed when asked for). A "solved" z holding NaN or Inf is
+    reported FAILED."""
     if z.shape != (layout.n,):
         raise FlowctlError(f"the QP solver returned a primal solution of shape {z.shape}, expected ({layout.n},)")
-    if status is SolveStatus.SOLVED and not bool(np.isfinite(z).all()):
+    if status is SolveStatus.SOLVED and not all_finite(z):
         status, message = SolveStatus.FAILED, f"{message}; but its primal solution contains NaN or Inf"
     u = layout.controls(z)
     controls = torch.from_numpy(u)
-    states = torch.from_numpy(layout.predict(d, u))
+    states = torch.from_numpy(layout.predict(d, u, prediction))
     reference, u_prev = torch.from_numpy(d.reference), torch.from_numpy(d.u_prev)
     return MPCSolution(status, controls, states, int(iterations), float(solve_time), message, layout.config, reference, u_prev)

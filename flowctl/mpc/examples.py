@@ -1,0 +1,147 @@
+"""Example MPC problems with published data, shared by the tests and the benchmarks.
+
+:func:`quadcopter` is OSQP's MPC example (https://osqp.org/docs/examples/mpc.html): a linearised
+quadcopter, nx = 12, nu = 4, horizon N = 10, regulated from hover at the origin to altitude 1.
+Its numbers are copied exactly from that page (``Ad``, ``Bd``, ``u0 = 10.5916``, the bounds,
+``Q = diag(0, 0, 10, 10, 10, 10, 0, 0, 0, 5, 5, 5)``, ``QN = Q``, ``R = 0.1 I``, ``x0 = 0``,
+``xr = (0, 0, 1, 0, ..., 0)``, 15 closed-loop steps). Only the entries printed as nonzero are
+structural: ``Bd``'s entries written ``-0.0`` and ``0.0000`` are zeros, as in OSQP's own
+``sparse.csc_matrix(Bd)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .problem import Linearisation, MPCConfig
+
+_AD = [
+    [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0],
+    [0.0488, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0016, 0.0, 0.0, 0.0992, 0.0, 0.0],
+    [0.0, -0.0488, 0.0, 0.0, 1.0, 0.0, 0.0, -0.0016, 0.0, 0.0, 0.0992, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0992],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0],
+    [0.9734, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0488, 0.0, 0.0, 0.9846, 0.0, 0.0],
+    [0.0, -0.9734, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0488, 0.0, 0.0, 0.9846, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9846],
+]
+_BD = [
+    [0.0, -0.0726, 0.0, 0.0726],
+    [-0.0726, 0.0, 0.0726, 0.0],
+    [-0.0152, 0.0152, -0.0152, 0.0152],
+    [-0.0, -0.0006, -0.0, 0.0006],
+    [0.0006, 0.0, -0.0006, 0.0000],
+    [0.0106, 0.0106, 0.0106, 0.0106],
+    [0, -1.4512, 0.0, 1.4512],
+    [-1.4512, 0.0, 1.4512, 0.0],
+    [-0.3049, 0.3049, -0.3049, 0.3049],
+    [-0.0, -0.0236, 0.0, 0.0236],
+    [0.0236, 0.0, -0.0236, 0.0],
+    [0.2107, 0.2107, 0.2107, 0.2107],
+]
+_U0 = 10.5916
+
+
+@dataclass(frozen=True, eq=False)
+class LinearMPCExample:
+    """A time-invariant linear MPC problem ``x+ = Ad x + Bd u`` (float64 CPU tensors).
+
+    Attributes:
+        name: where the problem comes from.
+        ad, bd: (nx, nx) and (nx, nu) system matrices.
+        a_mask, b_mask: boolean masks of ``ad``'s and ``bd``'s nonzeros (the structural sparsity,
+            for a "dense" backend's ``pattern``).
+        q, q_terminal: (nx,) diagonals of the state weights Q and Q_N.
+        r: (nu,) diagonal of the control weight R.
+        u_lower, u_upper: (nu,) input bounds (deviations from the trim input).
+        x_lower, x_upper: (nx,) state bounds, +-inf where a component is free.
+        reference: (nx,) the target state, the same at every step of the horizon.
+        x0: (nx,) the initial state.
+        horizon: prediction horizon N.
+        steps: closed-loop steps the example runs.
+    """
+
+    name: str
+    ad: torch.Tensor
+    bd: torch.Tensor
+    a_mask: torch.Tensor
+    b_mask: torch.Tensor
+    q: torch.Tensor
+    q_terminal: torch.Tensor
+    r: torch.Tensor
+    u_lower: torch.Tensor
+    u_upper: torch.Tensor
+    x_lower: torch.Tensor
+    x_upper: torch.Tensor
+    reference: torch.Tensor
+    x0: torch.Tensor
+    horizon: int
+    steps: int
+
+    @property
+    def nx(self) -> int:
+        return self.ad.shape[0]
+
+    @property
+    def nu(self) -> int:
+        return self.bd.shape[1]
+
+    @property
+    def pattern(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a_mask, b_mask)``, the ``pattern`` argument of a "dense" OSQP or CasADi backend."""
+        return self.a_mask, self.b_mask
+
+    def config(self) -> MPCConfig:
+        """The example's QP as an :class:`MPCConfig` (no control-rate term)."""
+        return MPCConfig(
+            nx=self.nx, nu=self.nu, horizon=self.horizon, q=self.q, q_terminal=self.q_terminal, r=self.r, s=0.0,
+            u_lower=self.u_lower, u_upper=self.u_upper, x_lower=self.x_lower, x_upper=self.x_upper,
+        )
+
+    def linearisation(self) -> Linearisation:
+        """``Ad``, ``Bd`` repeated over the horizon, no affine term ("dense")."""
+        n = self.horizon
+        return Linearisation(
+            self.ad.expand(n, -1, -1).clone(), self.bd.expand(n, -1, -1).clone(),
+            torch.zeros(n, self.nx, dtype=torch.float64),
+        )
+
+    def references(self) -> torch.Tensor:
+        """(N, nx): the target state at every step of the horizon."""
+        return self.reference.expand(self.horizon, -1).clone()
+
+    def plant(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """One step of the (linear) plant: ``Ad x + Bd u``."""
+        return self.ad @ x + self.bd @ u
+
+
+def quadcopter() -> LinearMPCExample:
+    """OSQP's quadcopter MPC example (fresh tensors on every call)."""
+    f64 = {"dtype": torch.float64}
+    ad, bd = torch.tensor(_AD, **f64), torch.tensor(_BD, **f64)
+    inf = math.inf
+    return LinearMPCExample(
+        name="OSQP's MPC example (quadcopter)",
+        ad=ad,
+        bd=bd,
+        a_mask=ad != 0,
+        b_mask=bd != 0,
+        q=torch.tensor([0.0, 0.0, 10.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0], **f64),
+        q_terminal=torch.tensor([0.0, 0.0, 10.0, 10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 5.0, 5.0, 5.0], **f64),
+        r=torch.full((4,), 0.1, **f64),
+        u_lower=torch.full((4,), 9.6, **f64) - _U0,
+        u_upper=torch.full((4,), 13.0, **f64) - _U0,
+        x_lower=torch.tensor([-math.pi / 6, -math.pi / 6, -inf, -inf, -inf, -1.0] + [-inf] * 6, **f64),
+        x_upper=torch.tensor([math.pi / 6, math.pi / 6] + [inf] * 10, **f64),
+        reference=torch.tensor([0.0, 0.0, 1.0] + [0.0] * 9, **f64),
+        x0=torch.zeros(12, **f64),
+        horizon=10,
+        steps=15,
+    )
