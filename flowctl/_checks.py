@@ -18,7 +18,9 @@ def check_tensor(name: str, x: object, *, ndim_min: int = 0) -> torch.Tensor:
         raise InvalidArgumentError(name, f"expected a floating-point tensor, got dtype {x.dtype}")
     if x.dim() < ndim_min:
         raise ShapeError(name, f"expected at least {ndim_min} axes, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    # A finite sum proves every entry finite (NaN and Inf propagate); only a non-finite sum,
+    # which may be mere overflow, needs the exact elementwise check.
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise NonFiniteError(name, "contains NaN or Inf")
     return x
 

@@ -29,18 +29,25 @@ class StructuredOptions:
 
     Attributes:
         rho: ADMM penalty (> 0), in the units of the weights.
-        eps: stop when the primal and dual residuals' largest entries are below eps.
+        eps: stop when the primal and dual residuals' largest entries are below eps; None for
+            1e-9 in float64 and 1e-5 in float32 (float32 cannot reach 1e-9).
         max_iterations: ADMM iterations at most.
     """
 
-    rho: float = 1.0
-    eps: float = 1e-9
+    rho: float = 0.1
+    eps: float | None = None
     max_iterations: int = 5000
 
     def __post_init__(self) -> None:
         check_real("rho", self.rho, positive=True)
-        check_real("eps", self.eps, positive=True)
+        if self.eps is not None:
+            check_real("eps", self.eps, positive=True)
         check_int("max_iterations", self.max_iterations, minimum=1)
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        if self.eps is not None:
+            return self.eps
+        return 1e-9 if dtype == torch.float64 else 1e-5
 
 
 @dataclass
@@ -126,7 +133,7 @@ class StructuredBackend:
         x = self._forward(lin, x0l, u)
         controls = self._flat(u)
         states = torch.cat([x0.to(like)[None], self._flat(x)])
-        if not bool(torch.isfinite(controls).all()):
+        if not bool(torch.isfinite(controls.sum())):
             raise NonFiniteError("linearisation", "the structured solve produced NaN or Inf (singular or non-finite data)")
         solution = MPCSolution(status, controls, states, iterations, time.perf_counter() - start, message, c, reference, u_prev)
         return finish(solution, raise_on_failure)
@@ -210,7 +217,7 @@ class StructuredBackend:
         """ADMM on ``u`` and ``x`` against their boxes; each iteration one ``_lq`` solve."""
         c, opt = self.config, self.options
         umin, umax, xmin, xmax = bounds
-        rho = opt.rho
+        rho, eps = opt.rho, opt.tolerance(x0.dtype)
         w_aug = [wi + rho for wi in w]
         r_aug = r + rho
         u = self._lq(lin, w, target, r, torch.zeros_like(torch.stack(target[: c.control_horizon])), s, x0, u_prev)
@@ -226,7 +233,7 @@ class StructuredBackend:
             primal = max(float((u - zu_new).abs().max()), float((x - zx_new).abs().max()))
             dual = rho * max(float((zu_new - zu).abs().max()), float((zx_new - zx).abs().max()))
             zu, zx = zu_new, zx_new
-            if primal <= opt.eps and dual <= opt.eps:
+            if primal <= eps and dual <= eps:
                 return zu, it, SolveStatus.SOLVED, f"ADMM converged in {it} iterations"
         return zu, opt.max_iterations, SolveStatus.MAX_ITERATIONS, (
             f"ADMM did not converge in {opt.max_iterations} iterations (primal {primal:.2e}, dual {dual:.2e});"
