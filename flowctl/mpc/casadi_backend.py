@@ -27,8 +27,8 @@ import torch
 from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
-from .problem import Linearisation, MPCConfig, MPCSolution
-from .qp_matrices import QPLayout, check_pattern, check_structure, make_solution
+from .problem import Linearisation, MPCSolution
+from .qp_matrices import QPLayout, SparseQPBackend, make_solution
 
 PLUGINS = ("osqp", "qrqp", "qpoases", "highs")
 
@@ -116,7 +116,7 @@ def _sparsity(indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int]) -
     return casadi.Sparsity(shape[0], shape[1], indptr.tolist(), indices.tolist())
 
 
-class CasadiQPBackend:
+class CasadiQPBackend(SparseQPBackend):
     """The MPC QP of ``config`` solved by a CasADi conic plugin.
 
     Args:
@@ -136,24 +136,10 @@ class CasadiQPBackend:
     report one and gives -1.
     """
 
-    def __init__(
-        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
-        options: CasadiQPOptions = CasadiQPOptions(), pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
-        if not isinstance(config, MPCConfig):
-            raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
-        if not isinstance(options, CasadiQPOptions):
-            raise InvalidArgumentError("options", f"expected CasadiQPOptions, got {type(options).__name__}")
-        self.config = config
-        self.structure = structure
-        self.options = options
-        self.block_size = check_structure(config, structure, block_size)
-        check_pattern(config, structure, pattern)
-        self.pattern = pattern
-        self.layout: QPLayout | None = None
-        self.build_time: float | None = None
-        self._solver: casadi.Function | None = None
-        self._warm: dict[str, casadi.DM] | None = None
+    options_type = CasadiQPOptions
+
+    _solver: casadi.Function | None = None
+    _warm: dict[str, casadi.DM] | None = None
 
     def build(self) -> None:
         """Assemble the QP's pattern and create the conic solver (once; a second call rebuilds)."""

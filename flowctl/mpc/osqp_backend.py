@@ -32,8 +32,8 @@ import torch
 from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
-from .problem import Linearisation, MPCConfig, MPCSolution
-from .qp_matrices import QPLayout, check_pattern, check_structure, make_solution
+from .problem import Linearisation, MPCSolution
+from .qp_matrices import QPLayout, SparseQPBackend, make_solution
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def osqp_status(status_val: int) -> SolveStatus:
     return _STATUS.get(int(status_val), SolveStatus.FAILED)
 
 
-class OSQPBackend:
+class OSQPBackend(SparseQPBackend):
     """The MPC QP of ``config`` solved by OSQP.
 
     Args:
@@ -99,25 +99,11 @@ class OSQPBackend:
         layout: the QP's pattern (:class:`flowctl.mpc.qp_matrices.QPLayout`), None before build.
     """
 
-    def __init__(
-        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
-        options: OSQPOptions = OSQPOptions(), pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
-        if not isinstance(config, MPCConfig):
-            raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
-        if not isinstance(options, OSQPOptions):
-            raise InvalidArgumentError("options", f"expected OSQPOptions, got {type(options).__name__}")
-        self.config = config
-        self.structure = structure
-        self.options = options
-        self.block_size = check_structure(config, structure, block_size)
-        check_pattern(config, structure, pattern)
-        self.pattern = pattern
-        self.layout: QPLayout | None = None
-        self.build_time: float | None = None
-        self._solver: osqp.OSQP | None = None
-        self._last: tuple[tuple[bytes, bytes], np.ndarray] | None = None  # (a, b) bytes, Ax in OSQP
-        self._prediction: np.ndarray | None = None  # layout.prediction_matrix of the A_i, B_i in _last
+    options_type = OSQPOptions
+
+    _solver: osqp.OSQP | None = None
+    _last: tuple[tuple[bytes, bytes], np.ndarray] | None = None  # (a, b) bytes, Ax in OSQP
+    _prediction: np.ndarray | None = None  # layout.prediction_matrix of the A_i, B_i in _last
 
     def build(self) -> None:
         """Assemble the QP's pattern and set OSQP up (once; a second call rebuilds)."""

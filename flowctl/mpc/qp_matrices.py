@@ -485,3 +485,30 @@ def make_solution(
     states = torch.from_numpy(layout.predict(d, u, prediction))
     reference, u_prev = torch.from_numpy(d.reference), torch.from_numpy(d.u_prev)
     return MPCSolution(status, controls, states, int(iterations), float(solve_time), message, layout.config, reference, u_prev)
+
+
+class SparseQPBackend:
+    """What the backends solving the assembled sparse QP share: checked set-up arguments.
+
+    Subclasses set ``options_type``; ``options=None`` means its defaults.
+    """
+
+    options_type: type
+
+    def __init__(
+        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
+        options: object | None = None, pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        if not isinstance(config, MPCConfig):
+            raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
+        options = self.options_type() if options is None else options
+        if not isinstance(options, self.options_type):
+            raise InvalidArgumentError("options", f"expected {self.options_type.__name__}, got {type(options).__name__}")
+        self.config = config
+        self.structure = structure
+        self.options = options
+        self.block_size = check_structure(config, structure, block_size)
+        check_pattern(config, structure, pattern)
+        self.pattern = pattern
+        self.layout: QPLayout | None = None
+        self.build_time: float | None = None
