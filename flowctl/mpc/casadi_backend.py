@@ -24,18 +24,18 @@ import casadi
 import numpy as np
 import torch
 
-from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
 from .problem import Linearisation, MPCSolution
+from .osqp_backend import OSQPOptions
 from .qp_matrices import QPLayout, SparseQPBackend, make_solution
 
 PLUGINS = ("osqp", "qrqp", "qpoases", "highs")
 
 
 @dataclass(frozen=True)
-class CasadiQPOptions:
-    """Options of the CasADi QP backend.
+class CasadiQPOptions(OSQPOptions):
+    """Options of the CasADi QP backend: :class:`OSQPOptions`' fields, read per plugin, and two more.
 
     Attributes:
         plugin: CasADi conic plugin, one of "osqp", "qrqp", "qpoases", "highs".
@@ -49,22 +49,12 @@ class CasadiQPOptions:
     """
 
     plugin: str = "osqp"
-    eps_abs: float = 1e-8
-    eps_rel: float = 1e-8
-    max_iter: int = 10000
-    polish: bool = True
-    warm_start: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.plugin not in PLUGINS:
             raise InvalidArgumentError("plugin", f"expected one of {PLUGINS}, got {self.plugin!r}")
-        check_real("eps_abs", self.eps_abs, positive=True)
-        check_real("eps_rel", self.eps_rel, nonnegative=True)
-        check_int("max_iter", self.max_iter, minimum=1)
-        for name in ("polish", "warm_start"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentError(name, f"expected a bool, got {getattr(self, name)!r}")
+        super().__post_init__()
         if not isinstance(self.plugin_options, dict):
             raise InvalidArgumentError("plugin_options", f"expected a dict, got {type(self.plugin_options).__name__}")
 
