@@ -218,3 +218,12 @@ def test_structured_equals_osqp_on_random_separable_qps(seed, n, horizon, bounde
     assert osqp.success and structured.success
     assert abs(structured.objective - osqp.objective) <= 1e-5 * (1 + abs(osqp.objective))
     torch.testing.assert_close(structured.controls, osqp.controls, rtol=0, atol=1e-5)
+
+
+def test_compiled_recursion_gives_the_same_solution():
+    lin, x0, ref, up = _random_diagonal(5, 64, 5, dtype=torch.float32)
+    config = MPCConfig(nx=64, nu=64, horizon=5, q=1.0, r=0.1, s=0.05)
+    eager = StructuredBackend(config).solve(lin, x0, ref, up)
+    compiled = StructuredBackend(config, options=StructuredOptions(compile=True)).solve(lin, x0, ref, up)
+    torch.testing.assert_close(compiled.controls, eager.controls, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.states, eager.states, rtol=1e-5, atol=1e-6)

@@ -32,13 +32,18 @@ class StructuredOptions:
         eps: stop when the primal and dual residuals' largest entries are below eps; None for
             1e-9 in float64 and 1e-5 in float32 (float32 cannot reach 1e-9).
         max_iterations: ADMM iterations at most.
+        compile: fuse the recursion with ``torch.compile`` (needs a C++ compiler on CPU); the
+            first solve of each dtype/device/shape compiles (seconds), later ones run fused.
     """
 
     rho: float = 0.1
     eps: float | None = None
     max_iterations: int = 5000
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.compile, bool):
+            raise InvalidArgumentError("compile", f"expected a bool, got {self.compile!r}")
         check_real("rho", self.rho, positive=True)
         if self.eps is not None:
             check_real("eps", self.eps, positive=True)
@@ -106,6 +111,7 @@ class StructuredBackend:
         self._g = _Algebra(structure == "block")
         self.build_time: float | None = None
         self._device_weights: dict = {}
+        self._solve_lq = torch.compile(self._lq_and_states, dynamic=False) if options.compile else self._lq_and_states
 
     def build(self) -> None:
         """Nothing to factor ahead: the recursion depends on each step's linearisation."""
@@ -124,13 +130,14 @@ class StructuredBackend:
         x0l, upl = self._layout(x0, like), self._layout(u_prev, like)
         ref = torch.stack([self._layout(t, like) for t in reference])
         target = [self._g.mv(self._g.diag(wi), ti) for wi, ti in zip(w, ref)]
+        a, b = lin.a, lin.b
+        cl = lin.c.reshape(lin.horizon, -1, self.block_size) if self._g.block else lin.c
         zero_u = torch.zeros_like(ref[: c.control_horizon])
         if bounds is None:
-            u = self._lq(lin, w, target, r, zero_u, s, x0l, upl)
+            u, x = self._solve_lq(a, b, cl, w, target, r, zero_u, s, x0l, upl)
             iterations, status, message = 0, SolveStatus.SOLVED, "solved by the Riccati recursion"
         else:
-            u, iterations, status, message = self._admm(lin, w, target, r, s, x0l, upl, bounds)
-        x = self._forward(lin, x0l, u)
+            u, x, iterations, status, message = self._admm(a, b, cl, w, target, r, s, x0l, upl, bounds)
         controls = self._flat(u)
         states = torch.cat([x0.to(like)[None], self._flat(x)])
         if not bool(torch.isfinite(controls.sum())):
@@ -158,12 +165,16 @@ class StructuredBackend:
             self._device_weights[key] = (w, L(c.R), L(c.S), bounds)
         return self._device_weights[key]
 
-    def _forward(self, lin: Linearisation, x0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _forward(self, a, b, cl, x0: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         g, xs, x = self._g, [], x0
         for i in range(self.config.horizon):
-            x = g.mv(lin.a[i], x) + g.mv(lin.b[i], u[min(i, u.shape[0] - 1)]) + self._layout(lin.c[i], lin.c)
+            x = g.mv(a[i], x) + g.mv(b[i], u[min(i, u.shape[0] - 1)]) + cl[i]
             xs.append(x)
         return torch.stack(xs)
+
+    def _lq_and_states(self, a, b, cl, w, target, r, r_target, s, x0, u_prev):
+        u = self._lq(a, b, cl, w, target, r, r_target, s, x0, u_prev)
+        return u, self._forward(a, b, cl, x0, u)
 
     def _substitute(self, v: _Quadratic, w, wt, a, b, c) -> _Quadratic:
         """``V(x', u) + |x'|^2_w - 2 wt.x'`` with ``x' = A x + B u + c``, as a quadratic in (x, u)."""
@@ -179,21 +190,20 @@ class StructuredBackend:
             y=g.mv(g.t(b), m) + g.mv(g.t(v.xy), c) + v.y,
         )
 
-    def _lq(self, lin, w, target, r, r_target, s, x0, u_prev) -> torch.Tensor:
+    def _lq(self, a, b, cl, w, target, r, r_target, s, x0, u_prev) -> torch.Tensor:
         """Exact minimiser of the unbounded separable QP with state weights ``w`` (weighted
         targets ``target``), control weight ``r`` (weighted targets ``r_target``) and rate
         weight ``s``; returns the controls (Nc, ...)."""
         g, c = self._g, self.config
         np_, nc = c.horizon, c.control_horizon
-        cl = [self._layout(ci, lin.c) for ci in lin.c]
         zero = torch.zeros_like(g.diag(w[0]))
         v = _Quadratic(zero, zero, zero, torch.zeros_like(x0), torch.zeros_like(x0))
         for i in range(np_ - 1, nc - 1, -1):  # held stages, u_i = u_{Nc-1}
-            v = self._substitute(v, w[i], target[i], lin.a[i], lin.b[i], cl[i])
+            v = self._substitute(v, w[i], target[i], a[i], b[i], cl[i])
         R, S = g.diag(r), g.diag(s)
         gains = []
         for j in range(nc - 1, -1, -1):
-            e = self._substitute(v, w[j], target[j], lin.a[j], lin.b[j], cl[j])
+            e = self._substitute(v, w[j], target[j], a[j], b[j], cl[j])
             hinv = g.inv(e.yy + R + S)
             gvec = e.y - r_target[j]
             kx, ky, k0 = -g.mm(hinv, g.t(e.xy)), g.mm(hinv, S), -g.mv(hinv, gvec)
@@ -210,32 +220,30 @@ class StructuredBackend:
         for j, (kx, ky, k0) in enumerate(reversed(gains)):
             u = g.mv(kx, x) + g.mv(ky, up) + k0
             controls.append(u)
-            x, up = g.mv(lin.a[j], x) + g.mv(lin.b[j], u) + cl[j], u
+            x, up = g.mv(a[j], x) + g.mv(b[j], u) + cl[j], u
         return torch.stack(controls)
 
-    def _admm(self, lin, w, target, r, s, x0, u_prev, bounds):
+    def _admm(self, a, b, cl, w, target, r, s, x0, u_prev, bounds):
         """ADMM on ``u`` and ``x`` against their boxes; each iteration one ``_lq`` solve."""
         c, opt = self.config, self.options
         umin, umax, xmin, xmax = bounds
         rho, eps = opt.rho, opt.tolerance(x0.dtype)
         w_aug = [wi + rho for wi in w]
         r_aug = r + rho
-        u = self._lq(lin, w, target, r, torch.zeros_like(torch.stack(target[: c.control_horizon])), s, x0, u_prev)
-        x = self._forward(lin, x0, u)
+        u, x = self._solve_lq(a, b, cl, w, target, r, torch.zeros_like(torch.stack(target[: c.control_horizon])), s, x0, u_prev)
         zu, zx = u.clamp(umin, umax), x.clamp(xmin, xmax)
         yu, yx = torch.zeros_like(u), torch.zeros_like(x)
         for it in range(1, opt.max_iterations + 1):
             t_aug = [ti + rho * (zi - yi) for ti, zi, yi in zip(target, zx, yx)]
-            u = self._lq(lin, w_aug, t_aug, r_aug, rho * (zu - yu), s, x0, u_prev)
-            x = self._forward(lin, x0, u)
+            u, x = self._solve_lq(a, b, cl, w_aug, t_aug, r_aug, rho * (zu - yu), s, x0, u_prev)
             zu_new, zx_new = (u + yu).clamp(umin, umax), (x + yx).clamp(xmin, xmax)
             yu, yx = yu + u - zu_new, yx + x - zx_new
             primal = max(float((u - zu_new).abs().max()), float((x - zx_new).abs().max()))
             dual = rho * max(float((zu_new - zu).abs().max()), float((zx_new - zx).abs().max()))
             zu, zx = zu_new, zx_new
             if primal <= eps and dual <= eps:
-                return zu, it, SolveStatus.SOLVED, f"ADMM converged in {it} iterations"
-        return zu, opt.max_iterations, SolveStatus.MAX_ITERATIONS, (
+                return zu, self._forward(a, b, cl, x0, zu), it, SolveStatus.SOLVED, f"ADMM converged in {it} iterations"
+        return zu, self._forward(a, b, cl, x0, zu), opt.max_iterations, SolveStatus.MAX_ITERATIONS, (
             f"ADMM did not converge in {opt.max_iterations} iterations (primal {primal:.2e}, dual {dual:.2e});"
             " an infeasible QP ends here too"
         )
