@@ -188,8 +188,8 @@ def quadcopter_config() -> MPCConfig:
 
 def ours_closed_loop(backend, nsim=NSIM):
     nu = BD.shape[1]
-    lin = QUAD.linearisation()
-    ref, u_prev = QUAD.references(), torch.zeros(nu, dtype=torch.float64)
+    lin = QUAD.model().linearise(QUAD.x0, 0.0)
+    ref, u_prev = QUAD.model().reference(0.0), torch.zeros(nu, dtype=torch.float64)
     backend.build()
     x, controls, states = QUAD.x0.numpy().copy(), [], [QUAD.x0.numpy().copy()]
     for _ in range(nsim):
@@ -250,7 +250,7 @@ def test_examples_are_fresh_and_exact():
     config = two.config()
     assert (config.nx, config.nu, config.horizon, config.control_horizon) == (12, 4, 10, 10)
     assert torch.equal(config.R, torch.full((4,), 0.1, dtype=torch.float64)) and bool((config.S == 0).all())
-    lin = two.linearisation()
+    lin = two.model().linearise(two.x0, 0.0)
     assert lin.a.shape == (10, 12, 12) and torch.equal(lin.a[3], two.ad) and torch.equal(lin.b[9], two.bd)
     assert torch.equal(two.plant(two.x0, torch.ones(4, dtype=torch.float64)), two.bd.sum(1))
 
@@ -264,7 +264,7 @@ def test_examples_are_fresh_and_exact():
 @pytest.mark.parametrize("which, step, where", [("a", 3, (0, 1)), ("a", 0, (6, 0)), ("b", 7, (0, 0))])
 def test_nonzero_outside_the_pattern_is_refused_by_name(backend, which, step, where):
     solver = BACKENDS[backend](quadcopter_config(), pattern=QUAD.pattern)
-    lin, ref, up = QUAD.linearisation(), QUAD.references(), torch.zeros(4, dtype=torch.float64)
+    lin, ref, up = QUAD.model().linearise(QUAD.x0, 0.0), QUAD.model().reference(0.0), torch.zeros(4, dtype=torch.float64)
     good = solver.solve(lin, QUAD.x0, ref, up)
     getattr(lin, which)[step][where] = 0.25  # outside the mask (a zero of Ad / Bd)
     with pytest.raises(InvalidArgumentError) as e:
@@ -272,7 +272,7 @@ def test_nonzero_outside_the_pattern_is_refused_by_name(backend, which, step, wh
     assert e.value.argument == "linearisation"
     assert f"{which.upper()}_{step} has the nonzero 0.25 at {where}" in str(e.value)
     # nothing was written into the solver: a fitting step solves as before
-    again = solver.solve(QUAD.linearisation(), QUAD.x0, ref, up)
+    again = solver.solve(QUAD.model().linearise(QUAD.x0, 0.0), QUAD.x0, ref, up)
     np.testing.assert_allclose(again.controls.numpy(), good.controls.numpy(), atol=1e-6)
 
 

@@ -78,7 +78,8 @@ class TimeInvariantModel:
     def linearise(self, x: torch.Tensor, t: float) -> Linearisation:
         n = self.horizon
         c = torch.zeros_like(self.target) if self.c is None else self.c
-        expand = lambda m: m.expand(n, *m.shape)  # noqa: E731
+        # copies, not views: a caller editing one step must not edit the model or the other steps
+        expand = lambda m: m.expand(n, *m.shape).clone()  # noqa: E731
         return Linearisation(expand(self.a), expand(self.b), expand(c), self.structure)
 
     def reference(self, t: float) -> torch.Tensor:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .problem import Linearisation, MPCConfig
+from .controller import TimeInvariantModel
+from .problem import MPCConfig
 
 _AD = [
     [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
@@ -105,17 +106,9 @@ class LinearMPCExample:
             u_lower=self.u_lower, u_upper=self.u_upper, x_lower=self.x_lower, x_upper=self.x_upper,
         )
 
-    def linearisation(self) -> Linearisation:
-        """``Ad``, ``Bd`` repeated over the horizon, no affine term ("dense")."""
-        n = self.horizon
-        return Linearisation(
-            self.ad.expand(n, -1, -1).clone(), self.bd.expand(n, -1, -1).clone(),
-            torch.zeros(n, self.nx, dtype=torch.float64),
-        )
-
-    def references(self) -> torch.Tensor:
-        """(N, nx): the target state at every step of the horizon."""
-        return self.reference.expand(self.horizon, -1).clone()
+    def model(self) -> TimeInvariantModel:
+        """``Ad``, ``Bd`` at every step of the horizon, tracking ``reference``."""
+        return TimeInvariantModel(self.ad, self.bd, self.reference, self.horizon)
 
     def plant(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """One step of the (linear) plant: ``Ad x + Bd u``."""
