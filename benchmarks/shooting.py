@@ -3,7 +3,7 @@
 1. CasADi's Van der Pol example: flowctl's CasadiShooting against CasADi's plain formulation
    (its docs/examples/python/direct_{single,multiple}_shooting.py), and flowctl's TorchShooting
    (matrix-free Levenberg-Marquardt) on the same problem.
-2. DESIGN.md's transition problem on the exact Gaussian-mixture flow of ``flowctl.demo``:
+2. DESIGN.md's transition problem on the exact Gaussian-mixture flow (smooth random means, two random prompts):
    shooting with each terminal residual and transcription against direct switch, the no-op floor
    and B from scratch at the same forward-NFE budget, scored against B's reference.
 
@@ -38,7 +38,7 @@ import casadi
 import torch
 
 from flowctl import CountedDynamics, NFECounter, SigmaGrid, integrate, metrics
-from flowctl.demo import smooth_image_means
+from flowctl.systems.gaussian_mixture import smooth_image_means
 from flowctl.ocp import LeastSquaresOptions, TorchOptions, TorchShooting
 from flowctl.ocp.casadi_backend import CasadiOptions, CasadiShooting
 from flowctl.ocp.examples import VAN_DER_POL_OPTIMUM, van_der_pol_problem
@@ -241,7 +241,7 @@ TRANSITION_OPTIONS = TorchOptions(LeastSquaresOptions(max_iterations=30, constra
 
 
 def mixture_setting() -> dict:
-    """The flow, prompts and noise of ``flowctl.demo.run_demo`` (same generator order), 4 seeds."""
+    """64 smooth random means, two random weight vectors as prompts, 4 seeds of noise."""
     gen = torch.Generator().manual_seed(SEED)
     means = smooth_image_means(COMPONENTS, CHANNELS, SIZE, gen).float()
     flow = GaussianMixtureFlow(means, STD)

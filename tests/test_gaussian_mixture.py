@@ -133,3 +133,14 @@ def test_bad_input():
     with pytest.raises(ShapeError) as err:
         GaussianMixtureFlow(torch.zeros(3), 1.0)
     assert err.value.argument == "means"
+
+
+def test_log_prob_matches_the_mixture_density():
+    torch.manual_seed(0)
+    means, stds = torch.randn(3, 2, dtype=torch.float64), torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    flow = GaussianMixtureFlow(means, stds)
+    comps = torch.distributions.Independent(torch.distributions.Normal(means, stds[:, None]), 1)
+    expected = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(w), comps).log_prob(x)
+    torch.testing.assert_close(flow.log_prob(x, w), expected)

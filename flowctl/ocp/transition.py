@@ -132,19 +132,22 @@ def transition_problem(
     schedule: Schedule,
     terminal: NoiseAnchor | VelocityConsistency | None,
     weights: TransitionWeights = TransitionWeights(),
+    switch_step: int | None = None,
 ) -> OptimalControlProblem:
     """The controlled transition from ``state`` at grid ``step`` over ``horizon`` Euler steps.
 
-    The dynamics is ``BlendedDynamics(model, schedule, grid, step)`` with condition
+    The dynamics is ``BlendedDynamics(model, schedule, grid, switch_step)`` with condition
     ``(cond_a, cond_b)`` plus an additive control; ``terminal`` is evaluated at grid step
-    ``step + horizon`` (build it with that sigma).
+    ``step + horizon`` (build it with that sigma). ``switch_step`` is where the blend began
+    (default ``step``; later when re-planning in the middle of a transition).
     """
     step = check_int("step", step, minimum=0)
+    switch_step = step if switch_step is None else check_int("switch_step", switch_step, minimum=0)
     horizon = check_int("horizon", horizon, minimum=1)
     if step + horizon > grid.steps:
         raise InvalidArgumentError("horizon", f"step + horizon = {step + horizon} exceeds the grid's {grid.steps} steps")
     return OptimalControlProblem(
-        dynamics=BlendedDynamics(model, schedule, grid, step),
+        dynamics=BlendedDynamics(model, schedule, grid, switch_step),
         grid=Grid(grid.values[step : step + horizon + 1]),
         x0=state,
         control="additive",

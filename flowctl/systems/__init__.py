@@ -5,6 +5,7 @@ from .base import ControlSystem
 from .gaussian_mixture import GaussianMixtureFlow
 from .linear import DoubleIntegrator, LinearSystem
 from .mechanical import CartPole, Pendulum
+from .prompted_mixture import PromptedMixtureFlow
 from .vanderpol import VanDerPol
 
-__all__ = ["ControlSystem", "GaussianMixtureFlow", "LinearSystem", "DoubleIntegrator", "VanDerPol", "Pendulum", "CartPole"]
+__all__ = ["CartPole", "ControlSystem", "DoubleIntegrator", "GaussianMixtureFlow", "LinearSystem", "Pendulum", "PromptedMixtureFlow", "VanDerPol"]

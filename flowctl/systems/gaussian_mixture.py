@@ -73,12 +73,23 @@ class GaussianMixtureFlow:
         s2 = self.stds.to(x) ** 2
         a = 1.0 - sigma
         var = a * a * s2 + sigma * sigma  # (K,)
-        d2 = (xf[:, None, :] - a * mu[None]).pow(2).sum(-1)  # (B, K)
+        d2 = _squared_distances(xf, a * mu)  # (B, K)
         log_p = log_w - 0.5 * d2 / var - 0.5 * xf.shape[1] * torch.log(2 * math.pi * var)
         r = torch.softmax(log_p, dim=1)
         c = (sigma - a * s2) / var
         v = xf * (r @ c)[:, None] - (r * (a * c + 1)) @ mu
         return v.reshape(x.shape)
+
+    def log_prob(self, x0: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Log density (nats) of data ``x0`` (B, *event_shape) under the mixture with ``weights``."""
+        x0 = check_tensor("x0", x0, ndim_min=1)
+        if x0.shape[1:] != self.event_shape:
+            raise ShapeError("x0", f"expected shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x0.shape)}")
+        log_w = self._log_weights(weights, x0.shape[0], x0)
+        xf, mu = x0.reshape(x0.shape[0], -1), self.means.reshape(self.num_components, -1).to(x0)
+        var = self.stds.to(x0) ** 2
+        d2 = _squared_distances(xf, mu)
+        return torch.logsumexp(log_w - 0.5 * d2 / var - 0.5 * xf.shape[1] * torch.log(2 * math.pi * var), dim=1)
 
     def sample(self, n: int, weights: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact draws of ``x0`` from the mixture with ``weights`` (shape (K,))."""
@@ -98,3 +109,21 @@ class GaussianMixtureFlow:
         if not bool(torch.allclose(w.sum(-1), torch.ones((), dtype=w.dtype, device=w.device), atol=1e-5)):
             raise InvalidArgumentError("cond", "mixture weights must sum to 1")
         return torch.log(w.to(like)).expand(batch, k)
+
+
+def _squared_distances(x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """``|x_b - mu_k|^2`` (B, K) as ``|x|^2 - 2 x.mu + |mu|^2``: one matrix product instead of a
+    (B, K, D) difference (3x faster at D = 3072; rounding ~1e-7 relative in float32)."""
+    return ((x * x).sum(1, keepdim=True) - 2 * (x @ mu.T) + (mu * mu).sum(1)[None]).clamp_min(0.0)
+
+
+def smooth_image_means(components: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``components`` smooth random images in [-1, 1]: sums of a few low-frequency waves."""
+    coords = torch.linspace(0, 1, size, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    waves = 4
+    freq = torch.rand(components, channels, waves, 2, generator=generator, dtype=torch.float64) * 3
+    phase = torch.rand(components, channels, waves, generator=generator, dtype=torch.float64) * 2 * math.pi
+    arg = freq[..., 0, None, None] * xx + freq[..., 1, None, None] * yy
+    img = torch.cos(2 * math.pi * arg + phase[..., None, None]).mean(2)
+    return img / img.abs().amax(dim=(-2, -1), keepdim=True)

@@ -1,0 +1,340 @@
+"""The cross-prompt caching benchmark (DESIGN.md's protocol) on a prompt-conditioned flow.
+
+For every shipped prompt pair (A, B) and a batch of seeds: A is generated from scratch and
+stored in the cache; B's reference is B from scratch from the same noise. B is then looked up;
+the policy picks the resume step k and transition length H, and every method continues the
+matched entry from there. Beside the methods: A's image as is (the no-op floor) and B from
+scratch with fewer steps at the same NFE-equivalent budget. A sweep over resume steps on the
+most similar pairs gives the speedup-vs-PSNR fronts.
+
+Figures: PSNR (data range 2) and SSIM to B's reference, prompt adherence
+``log p_B(x) - log p_A(x)`` (nats; positive: the image is likelier under B), model evaluations
+by kind and in NFE-equivalents (JVP and VJP weighted by their measured cost on the model),
+wall time (median of repeats), and speedup = from-scratch time / (look-up + planning +
+continuation time). Sigma runs from 1 (noise) to 0 (data).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import metrics
+from .._checks import check_int, check_real
+from ..cache import CacheEntry, CachedGenerator, CacheStore, get_policy
+from ..dynamics import CountedDynamics
+from ..errors import InvalidArgumentError
+from ..ocp import LeastSquaresOptions
+from ..sampling import SigmaGrid, integrate
+from ..systems.prompted_mixture import PromptedMixtureFlow
+from ..text import MiniLMEncoder, TextEncoder
+from ..transitions import Blend, ClosedFormController, DirectSwitch, Shooting, ShootingMPC, Strategy, TransitionRequest
+from .pairs import BUCKET_NAMES, PROMPT_PAIRS, PromptPair
+
+DATA_RANGE = 2.0  # images live in [-1, 1]
+SSIM_WINDOW = 7
+NOOP = "A as is (no-op floor)"
+FEWER = "fewer steps (same NFE)"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What the benchmark runs.
+
+    Attributes:
+        steps: sampler steps N (SD3's sigma grid).
+        shift: the grid's shift (SD3: 3.0).
+        seeds: noise samples per pair (one batch).
+        seed: seed of the noise.
+        policy: "seed" or "nirvana" (:mod:`flowctl.cache.policy`).
+        pairs_per_bucket: shipped pairs used per similarity bucket (None: all).
+        sweep: resume fractions of the speedup-vs-PSNR sweep.
+        sweep_pairs: pairs of the most similar bucket swept.
+        repeats: timing repeats of the cheap methods and baselines (median); planners run once.
+        shooting_iterations: Levenberg-Marquardt budget of every shooting plan.
+        components, size: the prompted mixture's captioned images (K of 3 x size x size).
+    """
+
+    steps: int = 28
+    shift: float = 3.0
+    seeds: int = 4
+    seed: int = 0
+    policy: str = "seed"
+    pairs_per_bucket: int | None = 3
+    sweep: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)
+    sweep_pairs: int = 2
+    repeats: int = 3
+    shooting_iterations: int = 5
+    components: int = 96
+    size: int = 32
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, minimum=4)
+        check_real("shift", self.shift, positive=True)
+        check_int("seeds", self.seeds, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        get_policy(self.policy)
+        if self.pairs_per_bucket is not None:
+            check_int("pairs_per_bucket", self.pairs_per_bucket, minimum=1)
+        for f in self.sweep:
+            check_real("sweep", f, low=0.0, high=1.0)
+        check_int("sweep_pairs", self.sweep_pairs, minimum=0)
+        check_int("repeats", self.repeats, minimum=1)
+        check_int("shooting_iterations", self.shooting_iterations, minimum=1)
+        check_int("components", self.components, minimum=2)
+        check_int("size", self.size, minimum=8)
+
+    def methods(self) -> tuple[Strategy, ...]:
+        """The strategies measured, cheapest first."""
+        solver = LeastSquaresOptions(max_iterations=self.shooting_iterations, constraint_tol=1e-4)
+        single = Shooting("single", "noise", solver=solver)
+        return (
+            DirectSwitch(),
+            Blend("linear"),
+            Blend("sigmoid"),
+            ClosedFormController(),
+            single,
+            Shooting("multiple", "noise", solver=solver),
+            Shooting("single", "velocity", solver=solver),
+            ShootingMPC(single),
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One method (or baseline) on one pair at one resume step; figures are means over seeds.
+
+    Attributes:
+        method: the strategy's or baseline's name.
+        pair: index into the pairs used; bucket, similarity: the pair's bucket and A-B cosine.
+        lookup_similarity: similarity of the entry the look-up returned.
+        sweep: True for a sweep point, False for the policy's choice.
+        resume_step, horizon: k and H (None for from-scratch baselines).
+        psnr, ssim, adherence: to / under B's reference (see the module doc).
+        nfe: model evaluations by kind; nfe_equivalents: weighted by the measured cost.
+        seconds: wall time of the continuation (median of repeats); planning: its planning phase;
+            lookup: the look-up's time; scratch: B from scratch with all steps.
+        status: the planner's status ("solved" where none ran).
+        fewer_steps_psnr: B from scratch in as many steps as this run's NFE-equivalents (inf when
+            that is all N steps: the reference itself).
+        direct_psnr: the direct switch from the same entry and step.
+    """
+
+    method: str
+    pair: int
+    bucket: str
+    similarity: float
+    lookup_similarity: float
+    sweep: bool
+    resume_step: int | None
+    horizon: int | None
+    psnr: float
+    ssim: float
+    adherence: float
+    nfe: dict[str, float]
+    nfe_equivalents: float
+    seconds: float
+    planning: float
+    lookup: float
+    scratch: float
+    status: str = "solved"
+    fewer_steps_psnr: float | None = None
+    direct_psnr: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        """From-scratch time over look-up + planning + continuation time."""
+        return self.scratch / (self.lookup + self.seconds) if self.seconds > 0 else float("inf")
+
+    def speedup_nfe(self, steps: int) -> float:
+        """Full-run NFE over this run's NFE-equivalents."""
+        return steps / self.nfe_equivalents if self.nfe_equivalents > 0 else float("inf")
+
+
+@dataclass(frozen=True, eq=False)
+class BenchResult:
+    """Everything the benchmark measured.
+
+    Attributes:
+        config: the settings.
+        encoder: the text encoder's name (similarities and buckets depend on it).
+        model: the model's fingerprint.
+        pairs: the pairs used.
+        cost: seconds per model call by kind, and relative to a forward call ("relative").
+        runs: every measured run.
+        images: per bucket, (row labels, images (3, S, S)) of seed 0 of its first pair.
+        seconds: the benchmark's own wall time.
+    """
+
+    config: BenchConfig
+    encoder: str
+    model: str
+    pairs: tuple[PromptPair, ...]
+    cost: dict[str, dict[str, float]]
+    runs: tuple[Run, ...]
+    images: dict[str, tuple[tuple[str, ...], torch.Tensor]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_benchmark(
+    config: BenchConfig = BenchConfig(),
+    *,
+    encoder: TextEncoder | None = None,
+    pairs: Sequence[PromptPair] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run the protocol on the prompted mixture flow (the embedded default model)."""
+    started = time.perf_counter()
+    say = progress or (lambda _: None)
+    encoder = encoder or MiniLMEncoder()
+    pairs = tuple(_select(pairs or PROMPT_PAIRS, config.pairs_per_bucket))
+    if not pairs:
+        raise InvalidArgumentError("pairs", "no prompt pairs to run")
+    model = PromptedMixtureFlow(encoder, components=config.components, size=config.size)
+    grid = SigmaGrid.create(config.steps, config.shift)
+    policy = get_policy(config.policy)
+    noise = torch.randn((config.seeds, *model.event_shape), generator=torch.Generator().manual_seed(config.seed))
+    store = CacheStore(device="cpu", device_bytes=1 << 30, host_bytes=0)
+    generator = CachedGenerator(model, encoder, store, grid, policy=policy)
+    bench = _Bench(config, model, grid, noise, generator)
+    say(f"cost of a model call by kind: {bench.cost}")
+
+    sweep_steps = {min(max(round(f * grid.steps), 1), grid.steps - 1) for f in config.sweep}
+    kept = set(policy.cached_steps(grid.steps)) | sweep_steps
+    for a in dict.fromkeys(p.a for p in pairs):
+        bench.store_a(a, kept)
+    runs: list[Run] = []
+    images: dict[str, tuple[tuple[str, ...], torch.Tensor]] = {}
+    swept = 0
+    for index, pair in enumerate(pairs):
+        say(f"pair {index + 1}/{len(pairs)} [{pair.bucket}]: {pair.a!r} -> {pair.b!r}")
+        steps = [(None, False)]
+        if pair.bucket == BUCKET_NAMES[0] and swept < config.sweep_pairs:
+            steps += [(k, True) for k in sorted(sweep_steps)]
+            swept += 1
+        for step, sweep in steps:
+            pair_runs, finals = bench.pair(index, pair, step, sweep)
+            runs += pair_runs
+            if not sweep and pair.bucket not in images and finals:
+                images[pair.bucket] = (tuple(finals), torch.stack([f[0] for f in finals.values()]))
+    return BenchResult(config, encoder.name, model.fingerprint, pairs, bench.cost, tuple(runs), images, time.perf_counter() - started)
+
+
+def _select(pairs: Sequence[PromptPair], per_bucket: int | None) -> list[PromptPair]:
+    counts: dict[str, int] = {}
+    out = []
+    for p in pairs:
+        if per_bucket is None or counts.get(p.bucket, 0) < per_bucket:
+            counts[p.bucket] = counts.get(p.bucket, 0) + 1
+            out.append(p)
+    return out
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> tuple[object, float]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)
+
+
+class _Bench:
+    """The per-pair measurements, sharing the model, grid, noise and cache."""
+
+    def __init__(self, config: BenchConfig, model: PromptedMixtureFlow, grid: SigmaGrid, noise: torch.Tensor, generator: CachedGenerator):
+        self.config, self.model, self.grid, self.noise, self.generator = config, model, grid, noise, generator
+        self.methods = config.methods()
+        self.cost = _call_costs(model, noise, model.condition("a shape"))
+        self._fewer: dict[tuple[str, int], torch.Tensor] = {}
+
+    def store_a(self, prompt: str, kept: set[int]) -> None:
+        """Generate A from scratch and cache the states the policy and the sweep resume from."""
+        g = self.generator
+        run = integrate(self.model, self.noise, self.grid, self.model.condition(prompt), keep=sorted(kept))
+        embedding = g.encoder.encode([prompt])[0]
+        g.store.put(CacheEntry.from_trajectory(run, key=g.key(self.noise), prompt=prompt, embedding=embedding, steps=sorted(kept)))
+
+    def scratch(self, prompt: str, steps: int) -> torch.Tensor:
+        """``prompt`` from scratch in ``steps`` steps, from the benchmark's noise."""
+        grid = SigmaGrid.create(steps, self.config.shift)
+        return integrate(self.model, self.noise, grid, self.model.condition(prompt), keep="final").final
+
+    def scratch_memo(self, prompt: str, steps: int) -> torch.Tensor:
+        if (prompt, steps) not in self._fewer:
+            self._fewer[prompt, steps] = self.scratch(prompt, steps)
+        return self._fewer[prompt, steps]
+
+    def pair(self, index: int, pair: PromptPair, step: int | None, sweep: bool) -> tuple[list[Run], dict[str, torch.Tensor]]:
+        """Every method on one pair, at the policy's resume step (``step`` None) or at ``step``."""
+        c, g, n = self.config, self.generator, self.grid.steps
+        cond_a, cond_b = self.model.condition(pair.a), self.model.condition(pair.b)
+        e = g.encoder.encode([pair.a, pair.b])
+        similarity = float(e[0] @ e[1])
+        reference = self.scratch_memo(pair.b, n)
+        _, scratch = _median_time(lambda: self.scratch(pair.b, n), c.repeats)
+        lookup, lookup_time = _median_time(lambda: g.lookup(pair.b, self.noise), c.repeats)
+        score = _Scorer(self.model, reference, cond_a, cond_b)
+        base = dict(pair=index, bucket=pair.bucket, similarity=similarity, sweep=sweep, scratch=scratch, lookup=lookup_time)
+        if not lookup.hit:
+            return [Run("miss: B from scratch", lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
+                        nfe={"forward": n}, nfe_equivalents=n, seconds=scratch, planning=0.0, **score(reference), **base)], {}
+        request = g.request(lookup, cond_b)
+        if step is not None:
+            request = TransitionRequest(request.model, lookup.entry.resume_point(step), request.cond_a, cond_b, request.horizon, request.similarity)
+        base |= dict(lookup_similarity=lookup.match.similarity, resume_step=request.step, horizon=request.horizon)
+        a_final = self.scratch_memo(lookup.entry.prompt, n)
+        runs = [Run(NOOP, nfe={}, nfe_equivalents=0.0, seconds=0.0, planning=0.0, **score(a_final), **base)]
+        finals = {"A (cached prompt)": a_final, "B reference": reference}
+        direct_psnr = None
+        for method in self.methods:
+            cheap = not isinstance(method, (Shooting, ShootingMPC))
+            result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
+            equivalents = result.nfe_equivalents(self.cost["relative"])
+            budget = min(n, max(1, round(equivalents)))
+            fewer = score(self.scratch_memo(pair.b, budget))["psnr"] if budget < n else float("inf")
+            figures = score(result.final)
+            direct_psnr = figures["psnr"] if isinstance(method, DirectSwitch) else direct_psnr
+            runs.append(Run(
+                method.name, nfe=dict(result.nfe), nfe_equivalents=equivalents, seconds=seconds,
+                planning=result.phases.get("planning", 0.0), status=result.status.value,
+                fewer_steps_psnr=fewer, direct_psnr=direct_psnr, **figures, **base,
+            ))
+            finals[method.name] = result.final
+        budget = n - request.step
+        fewer, fewer_time = _median_time(lambda: self.scratch(pair.b, budget), c.repeats)
+        runs.append(Run(f"{FEWER}: {budget} steps", nfe={"forward": budget}, nfe_equivalents=budget, seconds=fewer_time,
+                        planning=0.0, **(base | {"lookup": 0.0, "resume_step": None, "horizon": None}), **score(fewer)))
+        return runs, finals
+
+
+class _Scorer:
+    """PSNR, SSIM to the reference and adherence, means over the seeds."""
+
+    def __init__(self, model: PromptedMixtureFlow, reference: torch.Tensor, cond_a: torch.Tensor, cond_b: torch.Tensor):
+        self.model, self.reference, self.cond_a, self.cond_b = model, reference, cond_a, cond_b
+
+    def __call__(self, x: torch.Tensor) -> dict[str, float]:
+        adherence = self.model.mixture.log_prob(x, self.cond_b) - self.model.mixture.log_prob(x, self.cond_a)
+        return {
+            "psnr": float(metrics.psnr(x, self.reference, data_range=DATA_RANGE).mean()),
+            "ssim": float(metrics.ssim(x, self.reference, data_range=DATA_RANGE, window_size=SSIM_WINDOW).mean()),
+            "adherence": float(adherence.mean()),
+        }
+
+
+def _call_costs(model: PromptedMixtureFlow, noise: torch.Tensor, cond: torch.Tensor, repeats: int = 20) -> dict[str, dict[str, float]]:
+    """Median seconds of a forward call, a JVP and a VJP of the model on the benchmark's batch."""
+    x, v, sigma = noise, torch.randn_like(noise), 0.5
+    f = lambda y: model.velocity(y, sigma, cond)  # noqa: E731
+    calls = {
+        "forward": lambda: f(x),
+        "jvp": lambda: torch.func.jvp(f, (x,), (v,)),
+        "vjp": lambda: torch.func.vjp(f, x)[1](v),
+    }
+    seconds = {kind: _median_time(call, repeats)[1] for kind, call in calls.items()}
+    return {"seconds": seconds, "relative": {kind: s / seconds["forward"] for kind, s in seconds.items()}}

@@ -1,0 +1,169 @@
+"""Cached generation: look up a similar cached prompt, continue its state, or generate and fill.
+
+The look-up embeds the prompt with the cache's :class:`flowctl.text.TextEncoder`, finds the most
+similar entry of the same model and settings (:class:`CacheKey`) in the caller's namespace, and
+asks the policy for a resume step and a transition length. A hit hands the cached state to a
+transition strategy; a miss generates from the noise and stores the states the policy can
+resume from. Only from-scratch runs fill the cache: a continuation's states are not its
+prompt's own trajectory. Sigma runs from 1 (noise) to 0 (data).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .._checks import check_tensor
+from ..dynamics import CountedDynamics
+from ..sampling import SigmaGrid, integrate
+from ..text import TextEncoder, check_prompts
+from ..transitions import DirectSwitch, Strategy, TransitionRequest, TransitionResult
+from .entry import CacheEntry, CacheKey
+from .policy import SEED_POLICY, CachePolicy, Decision
+from .store import CacheStore, Match
+
+
+@runtime_checkable
+class PromptModel(Protocol):
+    """A flow model conditioned on prompts: a :class:`flowctl.Dynamics` plus how a prompt becomes
+    its condition, and a fingerprint that names the model and its settings (the cache key's
+    ``model``)."""
+
+    fingerprint: str
+
+    def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+
+    def condition(self, prompt: str) -> Any: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Lookup:
+    """The answer to one look-up.
+
+    Attributes:
+        prompt: the new prompt.
+        embedding: its similarity embedding (unit norm).
+        match: the most similar entry under the same key and namespace, or None.
+        decision: the policy's decision (a miss when nothing matched or too dissimilar).
+        entry: the matched entry on the store's device, on a hit.
+        seconds: wall time of encoding, search and fetching the entry.
+    """
+
+    prompt: str
+    embedding: torch.Tensor
+    match: Match | None
+    decision: Decision
+    entry: CacheEntry | None
+    seconds: float
+
+    @property
+    def hit(self) -> bool:
+        return self.entry is not None
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationResult:
+    """One cached generation.
+
+    Attributes:
+        final: the sample at sigma = 0.
+        lookup: what the look-up found and decided.
+        transition: the strategy's result on a hit, None on a miss.
+        entry_id: the stored entry's id on a miss, None on a hit.
+        nfe: model evaluations by kind.
+        timings: wall seconds: "lookup", then "planning" and "continuation" (hit) or
+            "generation" and "store" (miss).
+    """
+
+    final: torch.Tensor
+    lookup: Lookup
+    transition: TransitionResult | None
+    entry_id: str | None
+    nfe: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hit(self) -> bool:
+        return self.transition is not None
+
+
+class CachedGenerator:
+    """Generate with a cross-prompt cache.
+
+    Args:
+        model: the prompt-conditioned flow model.
+        encoder: text encoder of the similarity look-up.
+        store: the cache store.
+        grid: the sampler's grid (SD3's sigma grid); Euler steps.
+        policy: similarity -> resume step and transition length.
+        strategy: how a hit continues (default: direct switch).
+        namespace: the tenant; look-ups and inserts stay inside it.
+        guidance: classifier-free guidance scale, part of the cache key.
+    """
+
+    def __init__(
+        self,
+        model: PromptModel,
+        encoder: TextEncoder,
+        store: CacheStore,
+        grid: SigmaGrid,
+        *,
+        policy: CachePolicy = SEED_POLICY,
+        strategy: Strategy = DirectSwitch(),
+        namespace: str = "default",
+        guidance: float = 0.0,
+    ):
+        self.model, self.encoder, self.store, self.grid = model, encoder, store, grid
+        self.policy, self.strategy, self.namespace, self.guidance = policy, strategy, namespace, guidance
+
+    def key(self, noise: torch.Tensor) -> CacheKey:
+        """The cache key of a run from ``noise`` with this model and these settings."""
+        return CacheKey.for_grid(self.model.fingerprint, self.grid, shape=tuple(noise.shape), dtype=str(noise.dtype).removeprefix("torch."), guidance=self.guidance)
+
+    def lookup(self, prompt: str, noise: torch.Tensor) -> Lookup:
+        """Find the most similar cached prompt for a run shaped like ``noise``, and decide."""
+        (prompt,) = check_prompts([prompt])
+        noise = check_tensor("noise", noise, ndim_min=1)
+        start = time.perf_counter()
+        embedding = self.encoder.encode([prompt])[0]
+        match = self.store.nearest(embedding, self.key(noise), namespace=self.namespace)
+        decision = Decision(False, -1.0) if match is None else self.policy.decide(match.similarity, self.grid.steps)
+        entry = None
+        if decision.hit and decision.resume_step in match.steps:
+            entry = self.store.get(match.entry_id, namespace=self.namespace)
+        elif decision.hit:  # cached under another policy: its steps do not include this one
+            decision = Decision(False, decision.similarity)
+        return Lookup(prompt, embedding, match, decision, entry, time.perf_counter() - start)
+
+    def request(self, lookup: Lookup, cond_b: Any) -> TransitionRequest:
+        """The transition request of a hit (``cond_b``: the new prompt's condition)."""
+        entry, d = lookup.entry, lookup.decision
+        return TransitionRequest(
+            self.model, entry.resume_point(d.resume_step), self.model.condition(entry.prompt), cond_b,
+            horizon=d.transition_steps, similarity=max(-1.0, min(1.0, d.similarity)),
+        )
+
+    def generate(self, prompt: str, noise: torch.Tensor, *, generator_state: torch.Tensor | None = None, strategy: Strategy | None = None) -> GenerationResult:
+        """Generate ``prompt``: continue a similar cached run on a hit, else from ``noise``
+        (sigma = 1) and store the run. ``generator_state``: the state of the generator that drew
+        ``noise``, kept in the entry."""
+        lookup = self.lookup(prompt, noise)
+        cond = self.model.condition(lookup.prompt)
+        if lookup.hit:
+            result = (strategy or self.strategy).run(self.request(lookup, cond))
+            timings = {"lookup": lookup.seconds, **result.phases}
+            return GenerationResult(result.final, lookup, result, None, dict(result.nfe), timings)
+        model = CountedDynamics(self.model)
+        start = time.perf_counter()
+        run = integrate(model, noise, self.grid, cond, keep=self.policy.cached_steps(self.grid.steps), generator_state=generator_state)
+        generated = time.perf_counter()
+        entry = CacheEntry.from_trajectory(
+            run, key=self.key(noise), prompt=lookup.prompt, embedding=lookup.embedding,
+            steps=self.policy.cached_steps(self.grid.steps), namespace=self.namespace,
+        )
+        entry_id = self.store.put(entry)
+        timings = {"lookup": lookup.seconds, "generation": generated - start, "store": time.perf_counter() - generated}
+        return GenerationResult(run.final, lookup, None, entry_id, dict(model.counter.by_kind), timings)

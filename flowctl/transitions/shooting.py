@@ -1,0 +1,218 @@
+"""Strategies that plan the transition: single or multiple shooting, and shooting + MPC.
+
+Both solve DESIGN.md's transition problem (:func:`flowctl.ocp.transition.transition_problem`)
+over the request's horizon with :class:`flowctl.ocp.TorchShooting`, execute the planned controls,
+then run prompt B alone to the end. :class:`ShootingMPC` is the seed's combined algorithm: the
+shooting plan is executed under a linearising MPC that tracks the planned states, with a
+re-plan whenever the state drifts from the plan. Sigma runs from 1 (noise) to 0 (data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_int, check_real
+from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter
+from ..errors import ShapeError, UnknownNameError
+from ..jacobians import DiagonalJacobian
+from ..mpc import Linearisation, MPCConfig, StructuredBackend
+from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, TorchOptions, TorchShooting
+from ..ocp.problem import TRANSCRIPTIONS
+from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
+from ..schedules import make_schedule
+from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with
+
+TERMINALS = ("noise", "velocity")
+_FATAL = (SolveStatus.FAILED, SolveStatus.INFEASIBLE)
+
+
+@dataclass(frozen=True)
+class Shooting:
+    """Plan the transition by shooting, then execute the plan.
+
+    Attributes:
+        transcription: "single" (controls are the unknowns) or "multiple" (segment states too,
+            and the noise anchor's segment nodes).
+        terminal: "noise" (:class:`NoiseAnchor`: B's flow from the end of the transition back to
+            sigma = 1 returns the run's noise) or "velocity" (the seed's velocity consistency).
+        segments: Euler segments of the noise anchor over [sigma_end, 1].
+        schedule: the blend of the two prompts' fields over the horizon ("linear", "cosine",
+            "sigmoid").
+        weights: terminal, effort and smoothness weights of the transition cost.
+        solver: Levenberg-Marquardt settings; ``max_iterations`` is the planning budget. A plan
+            that stops at its budget is executed as reached (its status is reported); a failed
+            one raises :class:`flowctl.ocp.SolverError`.
+    """
+
+    transcription: str = "single"
+    terminal: str = "noise"
+    segments: int = 4
+    schedule: str = "sigmoid"
+    weights: TransitionWeights = field(default_factory=lambda: TransitionWeights(terminal=1.0, effort=1e-4))
+    solver: LeastSquaresOptions = field(default_factory=lambda: LeastSquaresOptions(max_iterations=10, constraint_tol=1e-4))
+
+    def __post_init__(self) -> None:
+        if self.transcription not in TRANSCRIPTIONS:
+            raise UnknownNameError("transcription", self.transcription, list(TRANSCRIPTIONS))
+        if self.terminal not in TERMINALS:
+            raise UnknownNameError("terminal", self.terminal, list(TERMINALS))
+        check_int("segments", self.segments, minimum=1)
+        make_schedule(self.schedule, 1)
+
+    @property
+    def name(self) -> str:
+        anchor = f"noise anchor, {self.segments} seg" if self.terminal == "noise" else "velocity consistency"
+        return f"{self.transcription} shooting ({anchor})"
+
+    def plan(self, request: TransitionRequest, model: Dynamics, counter: NFECounter, x: torch.Tensor, step: int, horizon: int) -> tuple[SolveResult, TorchShooting]:
+        """Solve the transition from ``x`` at grid ``step`` over ``horizon`` steps (the blend
+        started at the request's step). ``model`` must report to ``counter``."""
+        grid, end = request.grid, step + horizon
+        sigma_end = float(grid.t(end))
+        if self.terminal == "noise":
+            terminal = NoiseAnchor(model, request.cond_b, request.noise, sigma_end, self.segments, self.transcription == "multiple")
+        else:
+            # at the end of the grid (sigma = 0) there is no next step: the residual vanishes
+            next_step = float(grid.dt(end)) if end < grid.steps else 0.0
+            terminal = VelocityConsistency(model, request.cond_b, sigma_end, next_step)
+        problem = transition_problem(
+            model, grid, x, step, request.cond_a, request.cond_b, horizon=horizon,
+            schedule=make_schedule(self.schedule, request.horizon), terminal=terminal,
+            weights=self.weights, switch_step=request.step,
+        )
+        solver = TorchShooting(problem, self.transcription, TorchOptions(self.solver, warm_start=False), counter=counter)
+        result = solver.solve(raise_on_failure=False)
+        if result.status in _FATAL:
+            raise SolverError(result)
+        return result, solver
+
+    def execute(self, plan: SolveResult, solver: TorchShooting, x: torch.Tensor) -> torch.Tensor:
+        """States under the planned controls (a multiple-shooting plan's nodes may carry defects,
+        so its controls are rolled out; a single-shooting plan is a rollout already)."""
+        if self.transcription == "single":
+            return plan.states
+        with torch.no_grad():
+            return solver.rollout(x, plan.controls)
+
+    def run(self, request: TransitionRequest) -> TransitionResult:
+        counter = NFECounter()
+        model = CountedDynamics(request.model, counter)
+        clock = PhaseClock()
+        x = request.point.state
+        with clock.phase("planning"):
+            plan, solver = self.plan(request, model, counter, x, request.step, request.horizon)
+        with clock.phase("continuation"):
+            states = self.execute(plan, solver, x)
+            final = finish_with(model, states[-1], request, request.step + request.horizon)
+        return TransitionResult(self.name, final, dict(counter.by_kind), clock.total, clock.phases, plan.status, plan.message)
+
+
+@dataclass(frozen=True)
+class ShootingMPC:
+    """The seed's combined algorithm: a shooting plan executed under MPC, re-planned on drift.
+
+    At each transition step the blended field is linearised at the current state with a
+    coloured diagonal Jacobian (one JVP per channel for an image batch (B, C, H, W); samples are
+    independent), the QP tracks the plan's next ``horizon`` states with the deviation from the
+    planned control as its input (structured Riccati backend), and its first control is
+    applied. If the state drifts from the plan by more than ``replan_tolerance`` (relative
+    norm), the remaining transition is re-planned by shooting from the current state.
+
+    Attributes:
+        shooting: the planner.
+        horizon: MPC prediction horizon Np (cut to the steps left in the transition).
+        tracking: Q, weight on the distance to the planned states.
+        effort: R, weight on the deviation from the planned control (> 0).
+        replan_tolerance: relative drift ``|x - x_plan| / |x_plan|`` that triggers a re-plan.
+    """
+
+    shooting: Shooting = field(default_factory=Shooting)
+    horizon: int = 2
+    tracking: float = 1.0
+    effort: float = 1e-3
+    replan_tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_int("horizon", self.horizon, minimum=1)
+        check_real("tracking", self.tracking, nonnegative=True)
+        check_real("effort", self.effort, positive=True)
+        check_real("replan_tolerance", self.replan_tolerance, positive=True)
+
+    @property
+    def name(self) -> str:
+        return f"shooting + MPC ({self.shooting.name})"
+
+    def run(self, request: TransitionRequest) -> TransitionResult:
+        counter = NFECounter()
+        model = CountedDynamics(request.model, counter)
+        clock = PhaseClock()
+        k, horizon, grid = request.step, request.horizon, request.grid
+        schedule = make_schedule(self.shooting.schedule, horizon)
+        conds = (request.cond_a, request.cond_b)
+        counted = BlendedDynamics(model, schedule, grid, k)
+        x = request.point.state
+        with clock.phase("planning"):
+            plan, solver = self.shooting.plan(request, model, counter, x, k, horizon)
+            ref = self.shooting.execute(plan, solver, x)
+        controls, first, status = plan.controls, 0, plan.status
+        backends: dict[int, StructuredBackend] = {}
+        for i in range(horizon):
+            j = k + i
+            if float((x - ref[i - first]).norm()) > self.replan_tolerance * float(ref[i - first].norm()):
+                with clock.phase("planning"):
+                    plan, solver = self.shooting.plan(request, model, counter, x, j, horizon - i)
+                    ref, controls, first, status = self.shooting.execute(plan, solver, x), plan.controls, i, plan.status
+            with clock.phase("control"):
+                sigma, ds = float(grid.t(j)), grid.dt(j)
+                v = counted.velocity(x, sigma, conds)
+                jac = _image_batch_diagonal(_fixed_blend(request, sigma, counted.alpha(sigma)), x, counter)
+                du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
+                x = x + ds * (v + controls[i - first] + du)
+        with clock.phase("continuation"):
+            final = finish_with(model, x, request, k + horizon)
+        return TransitionResult(self.name, final, dict(counter.by_kind), clock.total, clock.phases, status, plan.message)
+
+    def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
+        """First control of the tracking QP: deviation from the planned control at step i."""
+        n = x.numel()
+        if np_ not in backends:
+            backends[np_] = StructuredBackend(MPCConfig(nx=n, nu=n, horizon=np_, q=self.tracking, r=self.effort))
+        flat_x, flat_v = x.reshape(-1), v.reshape(-1)
+        ds = torch.stack([grid.dt(j + m) for m in range(np_)]).to(x)[:, None].expand(np_, n)
+        planned = controls[i : i + np_].reshape(np_, n)
+        lin = Linearisation(
+            a=1.0 + ds * jac, b=ds.clone(), c=ds * (flat_v - jac * flat_x + planned), structure="diagonal",
+        )
+        reference = ref[i + 1 : i + 1 + np_].reshape(np_, n)
+        solution = backends[np_].solve(lin, flat_x, reference, torch.zeros_like(flat_x))
+        return solution.controls[0].reshape(x.shape).to(x)
+
+
+def _fixed_blend(request: TransitionRequest, sigma: float, alpha: float):
+    """``x -> (1 - alpha) v_A(x) + alpha v_B(x)`` at one sigma (uncounted), and its sides."""
+    model, a, b = request.model, request.cond_a, request.cond_b
+    if alpha <= 0.0:
+        return (lambda y: model.velocity(y, sigma, a)), 1
+    if alpha >= 1.0:
+        return (lambda y: model.velocity(y, sigma, b)), 1
+    return (lambda y: torch.lerp(model.velocity(y, sigma, a), model.velocity(y, sigma, b), alpha)), 2
+
+
+def _image_batch_diagonal(field, x: torch.Tensor, counter: NFECounter) -> torch.Tensor:
+    """Coloured (radius 0) diagonal of a field on an image batch (B, C, H, W), flat (B*C*H*W,).
+
+    The batch is laid out as one (C, B*H, W) image, so one JVP per channel serves every sample
+    (samples do not interact). Each JVP of a blended field with two sides costs two model JVPs.
+    """
+    f, sides = field
+    if x.dim() != 4:
+        raise ShapeError("x", f"shooting + MPC linearises image batches (B, C, H, W), got {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    to_image = lambda y: y.permute(1, 0, 2, 3).reshape(c, b * h, w)  # noqa: E731
+    from_image = lambda z: z.reshape(c, b, h, w).permute(1, 0, 2, 3)  # noqa: E731
+    estimate = DiagonalJacobian(radius=0).estimate(lambda z: to_image(f(from_image(z))), to_image(x))
+    for kind, n in estimate.cost.items():
+        counter.add(n * sides, kind=kind)
+    return from_image(estimate.data.reshape(c, b * h, w)).reshape(-1)
