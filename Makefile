@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 demo: env
-	$(BIN)/flowctl demo
+	$(BIN)/flowctl bench --out results/demo
 
 test: env
 	$(BIN)/python -m pytest

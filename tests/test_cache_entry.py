@@ -5,7 +5,12 @@ import torch
 
 from flowctl import GaussianMixtureFlow, SigmaGrid, integrate, resume
 from flowctl.cache.entry import CacheEntry, CacheKey
-from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnknownNameError
+from flowctl.errors import (
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeError,
+    UnknownNameError,
+)
 
 GRID = SigmaGrid.create(12, 3.0)
 SHAPE = (2, 3, 8, 8)
@@ -147,3 +152,12 @@ def test_bad_entries_raise_typed_errors(run, change, error, argument):
     with pytest.raises(error) as info:
         CacheEntry(**{**_fields(run), **change})
     assert info.value.argument == argument
+
+
+def test_the_key_covers_every_grid_setting():
+    grid = SigmaGrid.create(12, 3.0, mu=0.8)
+    key = CacheKey.for_grid("m", grid, shape=(2, 3, 8, 8), dtype="float32")
+    assert key.time_shift == "exponential" and key.num_train_timesteps == 1000
+    linear = CacheKey.for_grid("m", SigmaGrid.create(12, 3.0, mu=0.8, time_shift="linear"), shape=(2, 3, 8, 8), dtype="float32")
+    assert linear != key
+    assert CacheKey.from_json(key.to_json()) == key

@@ -1,18 +1,30 @@
 import dataclasses
+import sys
 import tempfile
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from flowctl import SigmaGrid
 from flowctl.cache.disk import DiskStore
 from flowctl.cache.entry import CacheEntry, CacheKey, CacheMissError
 from flowctl.cache.store import CacheStore
-from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnknownNameError
+from flowctl.errors import (
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeError,
+    UnknownNameError,
+)
 
 GRID = SigmaGrid.create(12, 3.0)
 KEY = CacheKey.for_grid("model-a", GRID, shape=(1, 4), dtype="float32")
@@ -22,7 +34,10 @@ DIM = 4
 
 def make_entry(seed, *, key=KEY, steps=(3,), namespace="default", embedding=None, **fields):
     gen = torch.Generator().manual_seed(seed)
-    latent = lambda: torch.randn(key.shape, generator=gen)  # noqa: E731
+
+    def latent():
+        return torch.randn(key.shape, generator=gen)
+
     if embedding is None:
         embedding = torch.randn(DIM, generator=gen)
     return CacheEntry(
@@ -206,6 +221,9 @@ def test_nearest_prefers_the_most_recent_of_equals_and_checks_the_query():
     far = make_entry(3, embedding=torch.tensor([0.0, 1.0, 0.0, 0.0]))
     store.put(far)
     assert store.nearest(e, KEY).entry_id == new.entry_id
+    newest = make_entry(4, embedding=e, created=300.0)
+    store.put(newest)
+    assert store.nearest(e, KEY).entry_id == newest.entry_id
     assert store.nearest(torch.tensor([0.1, 1.0, 0.0, 0.0]), KEY).entry_id == far.entry_id
     with pytest.raises(ShapeError):
         store.nearest(torch.ones(DIM + 1), KEY)
@@ -244,23 +262,21 @@ def test_eight_threads_inserting_and_reading_lose_nothing():
     # Room for 10 entries on the device: concurrent puts and gets demote and promote all along.
     store = CacheStore(device_bytes=10 * SIZE, host_bytes=1000 * SIZE)
     entries = [[make_entry(100 * t + i) for i in range(25)] for t in range(8)]
-    errors = []
 
     def work(mine):
-        try:
-            for i, entry in enumerate(mine):
-                store.put(entry)
-                assert same_tensors(store.get(mine[i // 2].entry_id), mine[i // 2])
-                assert store.nearest(entry.embedding, KEY) is not None
-        except Exception as error:  # reported below, with the thread's traceback
-            errors.append(error)
+        for i, entry in enumerate(mine):
+            store.put(entry)
+            assert same_tensors(store.get(mine[i // 2].entry_id), mine[i // 2])
+            assert store.nearest(entry.embedding, KEY) is not None
 
-    threads = [threading.Thread(target=work, args=(mine,)) for mine in entries]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: races show up within a few operations
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for done in [pool.submit(work, mine) for mine in entries]:
+                done.result()  # re-raises a thread's failure
+    finally:
+        sys.setswitchinterval(interval)
     assert len(store) == 200
     for entry in (e for mine in entries for e in mine):
         assert same_tensors(store.get(entry.entry_id), entry)

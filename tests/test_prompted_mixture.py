@@ -52,31 +52,54 @@ def test_render_paints_what_the_caption_says():
 
 
 def test_weights_are_positive_and_sum_to_one(flow):
-    w = flow.condition("a large red circle on a blue background")
+    c = flow.condition("a large red circle on a blue background")
+    w = c.weights
     assert w.shape == (flow.num_components,) == (24,)
     assert bool((w > 0).all())
     assert w.sum().item() == pytest.approx(1.0, abs=1e-6)
-    wb = flow.condition(["a large red circle on a blue background", "a small green star"])
-    assert wb.shape == (2, 24)
-    torch.testing.assert_close(wb[0], w)
-    torch.testing.assert_close(wb.sum(1), torch.ones(2))
+    both = flow.condition(["a large red circle on a blue background", "a small green star"])
+    assert both.weights.shape == (2, 24) and both.offset.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(both.weights[0], w)
+    torch.testing.assert_close(both.offset[0], c.offset)
+    torch.testing.assert_close(both.weights.sum(1), torch.ones(2))
+    # the offset pulls the means towards the prompt's weighted image
+    images = flow.means.flatten(1)
+    torch.testing.assert_close(c.offset.flatten(), flow.pull * (w @ images - images.mean(0)))
 
 
 def test_attributes_and_fingerprint(flow):
     assert flow.means.shape == (24, 3, 16, 16) and flow.event_shape == (3, 16, 16)
     assert len(flow.captions) == 24
     assert flow.caption_embeddings.shape == (24, flow.encoder.dim)
-    assert flow.fingerprint == "prompted-mixture-shapes-K24-S16-seed0-std0.5-T0.05-hashing-bow-512"
+    assert flow.fingerprint == "prompted-mixture-shapes-K24-S16-seed0-std0.5-T0.05-pull0.5-hashing-bow-512"
     other = PromptedMixtureFlow(HashingEncoder(), components=24, size=16, temperature=0.1)
     assert other.fingerprint != flow.fingerprint
 
 
-def test_velocity_is_the_inner_gaussian_mixture_flow(flow):
-    w = flow.condition(["a small red circle", "a large blue square on a white background"])
+def test_velocity_is_the_shifted_mixture_flow(flow):
+    c = flow.condition(["a small red circle", "a large blue square on a white background"])
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    inner = GaussianMixtureFlow(flow.means, 0.5)
+    shifted = GaussianMixtureFlow(flow.means, 0.5)
     for sigma in (1.0, 0.6, 0.05):
-        torch.testing.assert_close(flow.velocity(x, sigma, w), inner.velocity(x, sigma, w))
+        a = 1 - sigma
+        expected = shifted.velocity(x - a * c.offset, sigma, c.weights) - c.offset
+        torch.testing.assert_close(flow.velocity(x, sigma, c), expected)
+    with pytest.raises(InvalidArgumentError) as info:
+        flow.velocity(x, 0.5, c.weights)
+    assert info.value.argument == "cond"
+
+
+def test_the_flow_carries_noise_to_the_shifted_mixture():
+    # one component: data N(mean + d, std^2 I); integrating from noise must land there
+    images = torch.zeros(1, 1, 2, 2)
+    images[0, 0, 0, 0] = 1.0
+    flow = PromptedMixtureFlow.from_images(images, ("a dot",), HashingEncoder(), std=0.1, pull=1.0)
+    c = flow.condition("a dot")
+    noise = torch.randn(4000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    final = integrate(flow, noise, SigmaGrid.create(200, 1.0), c, keep="final").final
+    torch.testing.assert_close(final.mean(0), images[0] + c.offset, atol=0.01, rtol=0)
+    assert float(final.std(0).mean()) == pytest.approx(0.1, abs=0.01)
+    torch.testing.assert_close(flow.log_prob(images + c.offset, c), flow.mixture.log_prob(images, c.weights))
 
 
 def test_sampling_from_noise_gives_finite_images(flow):
@@ -90,7 +113,7 @@ def test_sampling_from_noise_gives_finite_images(flow):
 
 def test_paraphrases_move_the_weights_less_than_different_prompts(minilm_flow):
     def tv(pair):
-        wa, wb = minilm_flow.condition([pair.a, pair.b])
+        wa, wb = minilm_flow.condition([pair.a, pair.b]).weights
         return 0.5 * (wa - wb).abs().sum().item()
 
     mean_tv = {}
@@ -119,7 +142,7 @@ def test_bad_embeddings_raise_typed_errors(flow):
     assert info.value.argument == "prompts"
     # Only the direction counts.
     e = flow.encoder.encode(["a red circle"])[0]
-    torch.testing.assert_close(flow.condition_from_embedding(3 * e), flow.condition("a red circle"))
+    torch.testing.assert_close(flow.condition_from_embedding(3 * e).weights, flow.condition("a red circle").weights)
 
 
 def test_constructor_validates():
@@ -130,6 +153,7 @@ def test_constructor_validates():
         ({"std": 0.0}, "std"),
         ({"temperature": -0.1}, "temperature"),
         ({"seed": -1}, "seed"),
+        ({"pull": 1.5}, "pull"),
     ]:
         with pytest.raises(InvalidArgumentError) as info:
             PromptedMixtureFlow(enc, **kwargs)
@@ -144,7 +168,7 @@ def test_from_images_checks_and_fingerprints_its_data():
     enc = HashingEncoder()
     flow = PromptedMixtureFlow.from_images(images, captions, enc, temperature=0.1)
     assert torch.equal(flow.means, images) and flow.captions == captions
-    assert flow.fingerprint.startswith("prompted-mixture-images") and flow.fingerprint.endswith("-T0.1-hashing-bow-512")
+    assert flow.fingerprint.startswith("prompted-mixture-images") and flow.fingerprint.endswith("-T0.1-pull0.5-hashing-bow-512")
     changed = PromptedMixtureFlow.from_images(images.flip(0), captions, enc, temperature=0.1)
     assert changed.fingerprint != flow.fingerprint
     with pytest.raises(ShapeError):

@@ -163,7 +163,7 @@ def markdown(result: BenchResult) -> str:
             continue
         lines += ["", f"### similarity {bucket}", "", head, "|---" * 13 + "|"]
         for r in rows:
-            kh = "-" if math.isnan(r["resume_step"]) else f"{r['resume_step']:.3g} / {r['horizon']:.3g}"
+            kh = "-" if math.isnan(r["horizon"]) else f"{r['resume_step']:.3g} / {r['horizon']:.3g}"
             lines.append(
                 f"| {r['method']} | {kh} | {r['planning_ms']:.1f} | {_nfe_text(r['nfe'])} | {r['nfe_equivalents']:.1f} "
                 f"| {r['time_ms']:.1f} | {r['speedup']:.2f} | {r['speedup_nfe']:.2f} | {_db(r['psnr'])} | {r['ssim']:.4f} "

@@ -26,11 +26,10 @@ import torch
 from .. import metrics
 from .._checks import check_int, check_real
 from ..cache import CacheEntry, CachedGenerator, CacheStore, get_policy
-from ..dynamics import CountedDynamics
 from ..errors import InvalidArgumentError
 from ..ocp import LeastSquaresOptions
 from ..sampling import SigmaGrid, integrate
-from ..systems.prompted_mixture import PromptedMixtureFlow
+from ..systems.prompted_mixture import PromptCondition, PromptedMixtureFlow
 from ..text import MiniLMEncoder, TextEncoder
 from ..transitions import Blend, ClosedFormController, DirectSwitch, Shooting, ShootingMPC, Strategy, TransitionRequest
 from .pairs import BUCKET_NAMES, PROMPT_PAIRS, PromptPair
@@ -113,7 +112,8 @@ class Run:
         pair: index into the pairs used; bucket, similarity: the pair's bucket and A-B cosine.
         lookup_similarity: similarity of the entry the look-up returned.
         sweep: True for a sweep point, False for the policy's choice.
-        resume_step, horizon: k and H (None for from-scratch baselines).
+        resume_step, horizon: k and H (H is None for from-scratch baselines, whose k is the step
+            of the methods they are compared with).
         psnr, ssim, adherence: to / under B's reference (see the module doc).
         nfe: model evaluations by kind; nfe_equivalents: weighted by the measured cost.
         seconds: wall time of the continuation (median of repeats); planning: its planning phase;
@@ -308,18 +308,18 @@ class _Bench:
         budget = n - request.step
         fewer, fewer_time = _median_time(lambda: self.scratch(pair.b, budget), c.repeats)
         runs.append(Run(f"{FEWER}: {budget} steps", nfe={"forward": budget}, nfe_equivalents=budget, seconds=fewer_time,
-                        planning=0.0, **(base | {"lookup": 0.0, "resume_step": None, "horizon": None}), **score(fewer)))
+                        planning=0.0, **(base | {"lookup": 0.0, "horizon": None}), **score(fewer)))
         return runs, finals
 
 
 class _Scorer:
     """PSNR, SSIM to the reference and adherence, means over the seeds."""
 
-    def __init__(self, model: PromptedMixtureFlow, reference: torch.Tensor, cond_a: torch.Tensor, cond_b: torch.Tensor):
+    def __init__(self, model: PromptedMixtureFlow, reference: torch.Tensor, cond_a: PromptCondition, cond_b: PromptCondition):
         self.model, self.reference, self.cond_a, self.cond_b = model, reference, cond_a, cond_b
 
     def __call__(self, x: torch.Tensor) -> dict[str, float]:
-        adherence = self.model.mixture.log_prob(x, self.cond_b) - self.model.mixture.log_prob(x, self.cond_a)
+        adherence = self.model.log_prob(x, self.cond_b) - self.model.log_prob(x, self.cond_a)
         return {
             "psnr": float(metrics.psnr(x, self.reference, data_range=DATA_RANGE).mean()),
             "ssim": float(metrics.ssim(x, self.reference, data_range=DATA_RANGE, window_size=SSIM_WINDOW).mean()),

@@ -12,8 +12,10 @@ A cache directory holds
 
 Every file is written to a temporary file in the directory, flushed, fsynced and renamed over
 its target, so a crash leaves the old file or the new one, never a torn one. Entries that are
-missing, unreadable or fail validation are skipped with a :class:`CacheCorruptionWarning`, their
-files deleted, and listed in :attr:`DiskStore.skipped`. One writing process per directory.
+missing, unreadable or fail validation are skipped with a :class:`CacheCorruptionWarning` and
+listed in :attr:`DiskStore.skipped`; their files are deleted, except unindexed files that do not
+read as cache entries (they may belong to someone else). Give the cache a directory of its own,
+with one writing process.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class DiskStore:
             try:
                 return self._load(entry_id)
             except _CORRUPT as error:
-                self._skip(entry_id, f"{type(error).__name__}: {error}")
+                self._skip(entry_id, f"{type(error).__name__}: {error}", delete=True)
                 self._write_index()
                 raise CacheMissError(f"{entry_id}: the stored copy is corrupt") from error
 
@@ -153,14 +155,15 @@ class DiskStore:
         indexed = indexed or {}
         files = {p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}")}
         for entry_id in sorted(set(indexed) - files):
-            self._skip(entry_id, "its file is missing")
+            self._skip(entry_id, "its file is missing", delete=False)
         for entry_id in sorted(files):
             try:
                 if not ENTRY_ID.fullmatch(entry_id):
                     raise ValueError("the file name is not an entry id")
                 record, digest = self._header(entry_id, indexed.get(entry_id))
             except _CORRUPT as error:
-                self._skip(entry_id, f"{type(error).__name__}: {error}")
+                # Delete only what is known to be ours: an indexed file, not a stranger's.
+                self._skip(entry_id, f"{type(error).__name__}: {error}", delete=entry_id in indexed)
                 continue
             self._records[entry_id], self._digests[entry_id] = record, digest
         if not index_ok or self._digests != {entry_id: digest for entry_id, (_, digest) in indexed.items()}:
@@ -229,14 +232,15 @@ class DiskStore:
             meta["created"],
         )
 
-    def _skip(self, entry_id: str, reason: str) -> None:
-        """Report and forget a damaged entry, deleting its file."""
+    def _skip(self, entry_id: str, reason: str, *, delete: bool) -> None:
+        """Report and forget a damaged entry; ``delete``: delete its file too."""
         warnings.warn(f"cache entry {entry_id} skipped: {reason}", CacheCorruptionWarning, stacklevel=4)
         self._skipped[entry_id] = reason
         self._records.pop(entry_id, None)
         self._digests.pop(entry_id, None)
-        with contextlib.suppress(OSError):
-            self._path(entry_id).unlink(missing_ok=True)
+        if delete:
+            with contextlib.suppress(OSError):
+                self._path(entry_id).unlink(missing_ok=True)
 
     def _write_index(self) -> None:
         entries = {

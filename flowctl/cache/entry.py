@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from .._checks import check_int, check_real, check_tensor
-from ..errors import FlowctlError, InvalidArgumentError, ShapeError
+from ..errors import FlowctlError, InvalidArgumentError, ShapeError, UnknownNameError
 from ..sampling import ResumePoint, SigmaGrid, Trajectory, get_tableau
+from ..sampling.grid import TIME_SHIFTS
 
 ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What an entry id may be: it names the entry's file, so no separators or dots."""
@@ -44,6 +45,8 @@ class CacheKey:
         method: the integrator ("euler", "heun" or "rk4").
         shape: latent shape, batch axis included.
         dtype: latent dtype name as torch spells it ("float32", "bfloat16", ...).
+        time_shift: the form of the grid's dynamic shift ("exponential" or "linear").
+        num_train_timesteps: the scheduler's training timesteps.
     """
 
     model: str
@@ -54,6 +57,8 @@ class CacheKey:
     method: str
     shape: tuple[int, ...]
     dtype: str
+    time_shift: str = "exponential"
+    num_train_timesteps: int = 1000
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -72,6 +77,9 @@ class CacheKey:
         set_(self, "guidance", check_real("guidance", self.guidance))
         set_(self, "shape", tuple(check_int("shape", n, minimum=1) for n in self.shape))
         set_(self, "dtype", dtype)
+        if self.time_shift not in TIME_SHIFTS:
+            raise UnknownNameError("time_shift", self.time_shift, list(TIME_SHIFTS))
+        set_(self, "num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps, minimum=1))
 
     @classmethod
     def for_grid(
@@ -84,10 +92,11 @@ class CacheKey:
         guidance: float = 0.0,
         method: str = "euler",
     ) -> CacheKey:
-        """The key of runs of ``model`` on ``grid`` (steps, shift and mu taken from it)."""
+        """The key of runs of ``model`` on ``grid`` (its steps, shift, mu, time shift and training
+        timesteps)."""
         if not isinstance(grid, SigmaGrid):
             raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype)
+        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -144,12 +153,11 @@ class CacheEntry:
         _check_names(self.entry_id, self.namespace, self.prompt)
         if not isinstance(self.grid, SigmaGrid):
             raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(self.grid).__name__}")
-        if (self.grid.steps, self.grid.shift, self.grid.mu) != (key.steps, key.shift, key.mu):
-            raise InvalidArgumentError(
-                "grid",
-                f"(steps, shift, mu) = {(self.grid.steps, self.grid.shift, self.grid.mu)} do not match the key's "
-                f"{(key.steps, key.shift, key.mu)}",
-            )
+        expected = (key.steps, key.shift, key.mu, key.time_shift, key.num_train_timesteps)
+        if self.grid.key != expected:
+            raise InvalidArgumentError("grid", f"(steps, shift, mu, time_shift, num_train_timesteps) = {self.grid.key} do not match the key's {expected}")
+        if not torch.equal(self.grid.values.cpu(), SigmaGrid.create(*expected[:2], mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps).values):
+            raise InvalidArgumentError("grid", "its sigmas are not the ones its settings produce")
         if not isinstance(self.states, dict) or not self.states:
             raise InvalidArgumentError("states", "expected a non-empty dict of grid step -> latent")
         states = {check_int("states", k, minimum=0): x for k, x in self.states.items()}
@@ -163,7 +171,7 @@ class CacheEntry:
             if not isinstance(g, torch.Tensor) or g.dtype != torch.uint8 or g.dim() != 1 or g.device.type != "cpu":
                 raise InvalidArgumentError("generator_state", "expected a 1-D CPU uint8 tensor from Generator.get_state()")
         object.__setattr__(self, "states", dict(sorted(states.items())))
-        object.__setattr__(self, "embedding", _unit_embedding("embedding", self.embedding))
+        object.__setattr__(self, "embedding", unit_embedding("embedding", self.embedding))
         object.__setattr__(self, "created", check_real("created", self.created))
 
     def _check_latent(self, name: str, x: object) -> None:
@@ -262,7 +270,7 @@ class CacheEntry:
         )
 
 
-def _unit_embedding(name: str, embedding: object) -> torch.Tensor:
+def unit_embedding(name: str, embedding: object) -> torch.Tensor:
     """``embedding`` as a unit-norm float32 vector (left as is when it already is one)."""
     e = check_tensor(name, embedding)
     if e.dim() != 1 or e.numel() == 0:
@@ -305,7 +313,7 @@ class IndexRecord:
         if not steps or steps[-1] >= self.key.steps:
             raise InvalidArgumentError("steps", f"expected cached steps in [0, {self.key.steps}), got {steps}")
         object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "embedding", _unit_embedding("embedding", self.embedding).cpu())
+        object.__setattr__(self, "embedding", unit_embedding("embedding", self.embedding).cpu())
         object.__setattr__(self, "nbytes", check_int("nbytes", self.nbytes, minimum=0))
         object.__setattr__(self, "created", check_real("created", self.created))
 

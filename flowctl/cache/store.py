@@ -33,8 +33,8 @@ from .entry import (
     CacheKey,
     CacheMissError,
     IndexRecord,
-    _unit_embedding,
     check_namespace,
+    unit_embedding,
 )
 
 EvictionPolicy = Literal["lru", "benefit"]
@@ -218,7 +218,7 @@ class CacheStore:
         """
         if not isinstance(key, CacheKey):
             raise InvalidArgumentError("key", f"expected a CacheKey, got {type(key).__name__}")
-        query = _unit_embedding("embedding", embedding).cpu()
+        query = unit_embedding("embedding", embedding).cpu()
         if namespaces is None:
             allowed = {check_namespace("namespace", namespace)}
         elif isinstance(namespaces, str) or not isinstance(namespaces, Iterable):
@@ -300,7 +300,7 @@ class CacheStore:
                 self._demotions += 1
             else:
                 self._evictions += 1
-                if True:
+                if self.disk is None:
                     del self._slots[victim.record.entry_id]
 
     def _victim_order(self, slot: _Slot) -> tuple[float, int]:
