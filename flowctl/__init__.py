@@ -4,11 +4,12 @@ Conventions (docs/conventions.md): time is SD3's sigma, ``sigma = 1`` is pure no
 ``sigma = 0`` is data; ``x_sigma = (1 - sigma) x0 + sigma eps`` and a model predicts
 ``v = eps - x0``. Every model evaluation is counted (NFE).
 
-The public API is what this module exports; the submodules ``jacobians``, ``metrics``, ``mpc``,
-``ocp``, ``schedules`` and ``systems`` are part of it.
+The public API is what this module exports; the submodules ``cache``, ``jacobians``, ``metrics``,
+``mpc``, ``ocp``, ``schedules``, ``systems``, ``text`` and ``transitions`` are part of it
+(``bench`` is the benchmark behind ``flowctl bench``).
 """
 
-from . import jacobians, metrics, mpc, ocp, schedules, systems
+from . import cache, jacobians, metrics, mpc, ocp, schedules, systems, text, transitions
 from .dynamics import (
     BlendedDynamics,
     ControlInput,
@@ -31,6 +32,9 @@ from .systems import GaussianMixtureFlow
 __version__ = "0.1.0"
 
 __all__ = [
+    "cache",
+    "text",
+    "transitions",
     "jacobians",
     "metrics",
     "mpc",

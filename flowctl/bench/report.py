@@ -254,7 +254,8 @@ def plot(result: BenchResult) -> str:
         for row in aggregate([r for r in top if r.sweep == sweep and r.resume_step == k], result.config.steps):
             series.setdefault(row["method"], []).append((row["speedup"], row["psnr"]))
     floor = _mean(r.psnr for r in result.runs if r.bucket == BUCKET_NAMES[0] and r.method == NOOP)
-    return speedup_psnr_svg(series, title=f"similarity {BUCKET_NAMES[0]}: speedup vs PSNR to the reference", reference_lines={"no-op floor": floor})
+    lines = {"no-op floor": floor} if math.isfinite(floor) else {}  # A = B: the floor is the reference
+    return speedup_psnr_svg(series, title=f"similarity {BUCKET_NAMES[0]}: speedup vs PSNR to the reference", reference_lines=lines)
 
 
 def write_outputs(result: BenchResult, directory: str | Path) -> dict[str, Path]:
