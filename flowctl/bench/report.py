@@ -14,11 +14,11 @@ from pathlib import Path
 
 from .figures import image_grid, speedup_psnr_svg, write_png, write_text
 from .pairs import BUCKET_NAMES
-from .runner import FEWER, NOOP, BenchResult, Run
+from .runner import FEWER, MISS, NOOP, BenchResult, Run
 
 SEED_GOAL_SPEEDUP, SEED_GOAL_PSNR = 2.3, 39.5
 DIRECT_MARGIN_DB = 3.0
-BASELINES = (NOOP,)
+BASELINES = (NOOP, MISS)
 
 
 def _mean(xs: Iterable[float]) -> float:
@@ -135,6 +135,10 @@ def _goals(result: BenchResult, table1: dict, sweep: dict) -> dict:
     }
 
 
+def _x(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}x"
+
+
 def _nfe_text(nfe: dict) -> str:
     return " / ".join(f"{v:.0f} {k}" for k, v in nfe.items()) or "0"
 
@@ -166,7 +170,7 @@ def markdown(result: BenchResult) -> str:
             kh = "-" if math.isnan(r["horizon"]) else f"{r['resume_step']:.3g} / {r['horizon']:.3g}"
             lines.append(
                 f"| {r['method']} | {kh} | {r['planning_ms']:.1f} | {_nfe_text(r['nfe'])} | {r['nfe_equivalents']:.1f} "
-                f"| {r['time_ms']:.1f} | {r['speedup']:.2f} | {r['speedup_nfe']:.2f} | {_db(r['psnr'])} | {r['ssim']:.4f} "
+                f"| {r['time_ms']:.1f} | {_x(r['speedup'])} | {_x(r['speedup_nfe'])} | {_db(r['psnr'])} | {r['ssim']:.4f} "
                 f"| {r['adherence']:.2f} | {_db(r['fewer_steps_psnr'])} | {', '.join(r['statuses'])} |"
             )
     lines += [
@@ -212,7 +216,7 @@ def markdown(result: BenchResult) -> str:
             cells = []
             for k in steps:
                 r = next((r for r in s["sweep"][k] if r["method"] == m), None)
-                cells.append("-" if r is None else f"{_db(r['psnr'])} / {r['speedup']:.2f}x")
+                cells.append("-" if r is None else f"{_db(r['psnr'])} / {_x(r['speedup'])}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if result.images:
         lines += ["", "## Images", "", "`grid.png`, one row per bucket (seed 0 of its first pair), columns:", ""]

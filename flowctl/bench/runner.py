@@ -38,6 +38,7 @@ DATA_RANGE = 2.0  # images live in [-1, 1]
 SSIM_WINDOW = 7
 NOOP = "A as is (no-op floor)"
 FEWER = "fewer steps (same NFE)"
+MISS = "miss: B from scratch"
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ class _Bench:
         score = _Scorer(self.model, reference, cond_a, cond_b)
         base = dict(pair=index, bucket=pair.bucket, similarity=similarity, sweep=sweep, scratch=scratch, lookup=lookup_time)
         if not lookup.hit:
-            return [Run("miss: B from scratch", lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
+            return [Run(MISS, lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
                         nfe={"forward": n}, nfe_equivalents=n, seconds=scratch, planning=0.0, **score(reference), **base)], {}
         request = g.request(lookup, cond_b)
         if step is not None:
