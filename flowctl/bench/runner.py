@@ -67,7 +67,7 @@ class BenchConfig:
     pairs_per_bucket: int | None = 3
     sweep: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)
     sweep_pairs: int = 2
-    repeats: int = 3
+    repeats: int = 5
     shooting_iterations: int = 5
     components: int = 96
     size: int = 32
