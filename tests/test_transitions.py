@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flowctl import GaussianMixtureFlow, InvalidArgumentError, SigmaGrid, integrate, metrics
+from flowctl import FlowctlError, GaussianMixtureFlow, IntegrationError, InvalidArgumentError, SigmaGrid, integrate, metrics
 from flowctl.errors import ShapeError
 from flowctl.ocp import LeastSquaresOptions
 from flowctl.systems.gaussian_mixture import smooth_image_means
@@ -135,3 +135,23 @@ def test_shooting_mpc_needs_image_batches():
     run = integrate(flow, torch.randn(2, 6, dtype=torch.float64), grid, w)
     with pytest.raises(ShapeError):
         ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1))).run(TransitionRequest(flow, run.resume_point(2), w, w))
+
+
+class _NaNAboveNinety:
+    """A broken model: NaN velocities at sigma > 0.9."""
+
+    def __init__(self, flow):
+        self.flow = flow
+
+    def velocity(self, x, t, cond):
+        v = self.flow.velocity(x, t, cond)
+        return v * float("nan") if float(t) > 0.9 else v
+
+
+def test_a_model_that_returns_nan_is_a_typed_error(setup):
+    flow, w_a, w_b, run_a, _ = setup
+    broken = TransitionRequest(_NaNAboveNinety(flow), run_a.resume_point(1), w_a, w_b)
+    with pytest.raises(IntegrationError):
+        DirectSwitch().run(broken)
+    with pytest.raises(FlowctlError):  # the noise anchor evaluates B up to sigma = 1
+        Shooting(solver=LeastSquaresOptions(max_iterations=2)).run(TransitionRequest(_NaNAboveNinety(flow), run_a.resume_point(K), w_a, w_b))
