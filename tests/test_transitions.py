@@ -80,7 +80,7 @@ def test_noise_anchored_shooting_beats_the_direct_switch(setup):
     psnr = lambda x: float(metrics.psnr(x, reference, data_range=2.0).mean())  # noqa: E731
     assert psnr(shot.final) > psnr(direct.final) + 3.0
     assert shot.phases["planning"] > 0 and shot.nfe["vjp"] > 0
-    assert shot.nfe_equivalents({"forward": 1.0, "jvp": 2.0, "vjp": 2.0}) > shot.forward_nfe
+    assert shot.nfe_equivalents({"forward": 1.0, "jvp": 2.0, "vjp": 2.0}) > shot.nfe["forward"]
 
 
 def test_multiple_shooting_executes_its_controls(setup):

@@ -156,13 +156,12 @@ class CachedGenerator:
             result = (strategy or self.strategy).run(self.request(lookup, cond))
             timings = {"lookup": lookup.seconds, **result.phases}
             return GenerationResult(result.final, lookup, result, None, dict(result.nfe), timings)
-        model = CountedDynamics(self.model)
+        model, steps = CountedDynamics(self.model), self.policy.cached_steps(self.grid.steps)
         start = time.perf_counter()
-        run = integrate(model, noise, self.grid, cond, keep=self.policy.cached_steps(self.grid.steps), generator_state=generator_state)
+        run = integrate(model, noise, self.grid, cond, keep=steps, generator_state=generator_state)
         generated = time.perf_counter()
         entry = CacheEntry.from_trajectory(
-            run, key=self.key(noise), prompt=lookup.prompt, embedding=lookup.embedding,
-            steps=self.policy.cached_steps(self.grid.steps), namespace=self.namespace,
+            run, key=self.key(noise), prompt=lookup.prompt, embedding=lookup.embedding, steps=steps, namespace=self.namespace,
         )
         entry_id = self.store.put(entry)
         timings = {"lookup": lookup.seconds, "generation": generated - start, "store": time.perf_counter() - generated}

@@ -97,10 +97,6 @@ class TransitionResult:
     status: SolveStatus = SolveStatus.SOLVED
     message: str = ""
 
-    @property
-    def forward_nfe(self) -> float:
-        return float(self.nfe.get("forward", 0.0))
-
     def nfe_equivalents(self, cost: Mapping[str, float]) -> float:
         """Evaluations weighted by the cost of each kind relative to a forward call (e.g.
         ``{"forward": 1, "jvp": 2.7, "vjp": 3.1}`` as measured on the model)."""
