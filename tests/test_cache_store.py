@@ -299,3 +299,14 @@ def test_what_no_tier_can_hold_is_rejected_without_a_disk_store():
 def test_bad_store_arguments_raise_typed_errors(kwargs, error):
     with pytest.raises(error):
         CacheStore(**kwargs)
+
+
+def test_a_caller_writing_into_a_fetched_entry_does_not_change_the_cache():
+    store = CacheStore(device_bytes=1 << 20, host_bytes=1 << 20)
+    entry_id = store.put(make_entry(0))
+    fetched = store.get(entry_id)
+    before = {k: x.clone() for k, x in fetched.states.items()}
+    for x in fetched.states.values():
+        x.add_(1.0)
+    again = store.get(entry_id)
+    assert all(torch.equal(again.states[k], before[k]) for k in before)

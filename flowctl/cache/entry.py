@@ -259,14 +259,15 @@ class CacheEntry:
             raise InvalidArgumentError("step", f"step {step} is not cached; cached: {list(self.states)}")
         return ResumePoint(self.states[step], step, self.grid, self.key.method, self.noise, self.generator_state)
 
-    def to(self, device: torch.device | str) -> CacheEntry:
-        """A copy with every tensor on ``device``, but ``generator_state``, which stays on the CPU."""
+    def to(self, device: torch.device | str, *, copy: bool = False) -> CacheEntry:
+        """The entry with every tensor on ``device`` (but ``generator_state``, which stays on the
+        CPU); ``copy=True`` copies tensors already there, so the result shares no storage."""
         return dataclasses.replace(
             self,
-            embedding=self.embedding.to(device),
-            states={k: x.to(device) for k, x in self.states.items()},
-            grid=dataclasses.replace(self.grid, values=self.grid.values.to(device)),
-            noise=self.noise.to(device),
+            embedding=self.embedding.to(device, copy=copy),
+            states={k: x.to(device, copy=copy) for k, x in self.states.items()},
+            grid=dataclasses.replace(self.grid, values=self.grid.values.to(device, copy=copy)),
+            noise=self.noise.to(device, copy=copy),
         )
 
 

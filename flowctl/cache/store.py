@@ -180,7 +180,8 @@ class CacheStore:
         return entry.entry_id
 
     def get(self, entry_id: str, *, namespace: str = "default") -> CacheEntry:
-        """The entry, its tensors on :attr:`device`; promotes it to the device tier, counts a hit.
+        """A copy of the entry, its tensors on :attr:`device`; promotes it to the device tier,
+        counts a hit.
 
         Raises:
             CacheMissError: no entry of this id in ``namespace`` (or its disk copy was corrupt).
@@ -201,7 +202,8 @@ class CacheStore:
             if slot.tier != "device":
                 self._unplace(slot)
                 self._admit(slot, entry)
-            return slot.entry if slot.tier == "device" else entry.to(self.device)
+            # a copy: a caller writing into the returned tensors must not change the cache
+            return (slot.entry if slot.tier == "device" else entry).to(self.device, copy=True)
 
     def nearest(
         self,
