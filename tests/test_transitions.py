@@ -5,7 +5,10 @@ from flowctl import FlowctlError, GaussianMixtureFlow, IntegrationError, Invalid
 from flowctl.errors import ShapeError
 from flowctl.ocp import LeastSquaresOptions
 from flowctl.systems.gaussian_mixture import smooth_image_means
+from flowctl.dynamics import NFECounter
+from flowctl.jacobians import ColouredJacobian, DiagonalJacobian
 from flowctl.transitions.closed_form import NoiseConsistencyField
+from flowctl.transitions.shooting import _image_batch_estimate
 from flowctl.transitions import (
     Blend,
     ClosedFormController,
@@ -155,3 +158,31 @@ def test_a_model_that_returns_nan_is_a_typed_error(setup):
         DirectSwitch().run(broken)
     with pytest.raises(FlowctlError):  # the noise anchor evaluates B up to sigma = 1
         Shooting(solver=LeastSquaresOptions(max_iterations=2)).run(TransitionRequest(_NaNAboveNinety(flow), run_a.resume_point(K), w_a, w_b))
+
+
+@pytest.mark.parametrize("estimator", [DiagonalJacobian(radius=1), ColouredJacobian(block=(2, 2), radius=0)])
+def test_one_coloured_estimate_serves_a_whole_image_batch(estimator):
+    # a field local to 2x2 patches (all channels): radius 1 or patch blocks are exact for it
+    def field(x):
+        b, c, h, w = x.shape
+        patch_sums = torch.nn.functional.avg_pool2d(x.sum(1, keepdim=True), 2) * 4
+        return torch.tanh(x) * torch.nn.functional.interpolate(patch_sums, scale_factor=2, mode="nearest")
+
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    counter = NFECounter()
+    estimate = _image_batch_estimate(estimator, (field, 2), x, counter)
+    dense = torch.autograd.functional.jacobian(lambda y: field(y.reshape(x.shape)).reshape(-1), x.reshape(-1))
+    if estimate.structure == "diagonal":
+        assert counter.by_kind["jvp"] == 2 * 2 * 4  # C (r+1)^2 colours, two model JVPs each
+        torch.testing.assert_close(estimate.data, dense.diagonal())
+    else:
+        assert counter.by_kind["jvp"] == 2 * 2 * 4  # C (bh bw) colours, two sides
+        torch.testing.assert_close(estimate.to_dense(), dense)
+
+
+def test_shooting_mpc_with_patch_blocks(setup):
+    solver = LeastSquaresOptions(max_iterations=2)
+    result = ShootingMPC(Shooting(solver=solver), jacobian=ColouredJacobian(block=(2, 2), radius=0)).run(request(setup))
+    assert bool(torch.isfinite(result.final).all()) and result.nfe["jvp"] > 0
+    with pytest.raises(InvalidArgumentError):
+        ShootingMPC(jacobian=ColouredJacobian(radius=1))

@@ -2,6 +2,7 @@
 
 from .casadi_backend import CasadiQPBackend, CasadiQPOptions
 from .controller import ControllerTiming, LinearModel, MPCController, TimeInvariantModel
+from .euler import StateLayout, euler_linearisation
 from .nonlinear import NonlinearMPC
 from .problem import Linearisation, MPCConfig, MPCSolution, objective, predict
 from .osqp_backend import OSQPBackend, OSQPOptions
@@ -10,6 +11,8 @@ from .structured import StructuredBackend, StructuredOptions
 __all__ = [
     "MPCConfig",
     "Linearisation",
+    "euler_linearisation",
+    "StateLayout",
     "MPCSolution",
     "objective",
     "predict",

@@ -15,9 +15,9 @@ import torch
 
 from .._checks import check_int, check_real
 from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter
-from ..errors import ShapeError, UnknownNameError
-from ..jacobians import DiagonalJacobian
-from ..mpc import Linearisation, MPCConfig, StructuredBackend
+from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
+from ..jacobians import ColouredJacobian, DiagonalJacobian, JacobianEstimate
+from ..mpc import MPCConfig, StateLayout, StructuredBackend, euler_linearisation
 from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, TorchOptions, TorchShooting
 from ..ocp.problem import TRANSCRIPTIONS
 from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
@@ -116,15 +116,18 @@ class ShootingMPC:
     """The seed's combined algorithm: a shooting plan executed under MPC, re-planned on drift.
 
     At each transition step the blended field is linearised at the current state with a
-    coloured diagonal Jacobian (one JVP per channel for an image batch (B, C, H, W); samples are
-    independent), the QP tracks the plan's next ``horizon`` states with the deviation from the
-    planned control as its input (structured Riccati backend), and its first control is
-    applied. If the state drifts from the plan by more than ``replan_tolerance`` (relative
+    structured Jacobian estimate of the image batch (B, C, H, W) (samples are independent, so one
+    coloured estimate serves the whole batch), the QP tracks the plan's next ``horizon`` states
+    with the deviation from the planned control as its input (:func:`flowctl.mpc.euler_linearisation`
+    on the structured Riccati backend), and its first control is applied. If the state drifts from the plan by more than ``replan_tolerance`` (relative
     norm), the remaining transition is re-planned by shooting from the current state, at most
     ``max_replans`` times.
 
     Attributes:
         shooting: the planner.
+        jacobian: a diagonal or block estimator of an image's Jacobian: ``DiagonalJacobian(radius=r)``
+            (C (r+1)^2 JVPs; r = 0 for pixel-space fields) or ``ColouredJacobian(block=(p, p))``
+            (per latent patch, for a patch-p transformer such as SD3's MMDiT).
         horizon: MPC prediction horizon Np (cut to the steps left in the transition).
         tracking: Q, weight on the distance to the planned states.
         effort: R, weight on the deviation from the planned control (> 0).
@@ -133,6 +136,7 @@ class ShootingMPC:
     """
 
     shooting: Shooting = field(default_factory=Shooting)
+    jacobian: DiagonalJacobian | ColouredJacobian = field(default_factory=lambda: DiagonalJacobian(radius=0))
     horizon: int = 2
     tracking: float = 1.0
     effort: float = 1e-3
@@ -140,6 +144,10 @@ class ShootingMPC:
     max_replans: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.jacobian, (DiagonalJacobian, ColouredJacobian)) or (
+            isinstance(self.jacobian, ColouredJacobian) and self.jacobian.block is None
+        ):
+            raise InvalidArgumentError("jacobian", "expected DiagonalJacobian(radius=...) or ColouredJacobian(block=...)")
         check_int("horizon", self.horizon, minimum=1)
         check_real("tracking", self.tracking, nonnegative=True)
         check_real("effort", self.effort, positive=True)
@@ -163,7 +171,7 @@ class ShootingMPC:
             plan, solver = self.shooting.plan(request, model, counter, x, k, horizon)
             ref = self.shooting.execute(plan, solver, x)
         controls, first, status, replans = plan.controls, 0, plan.status, 0
-        backends: dict[int, StructuredBackend] = {}
+        backends: dict[tuple, StructuredBackend] = {}
         for i in range(horizon):
             j = k + i
             drift = float((x - ref[i - first]).norm()) / max(float(ref[i - first].norm()), 1e-30)
@@ -175,7 +183,7 @@ class ShootingMPC:
             with clock.phase("control"):
                 sigma, ds = float(grid.t(j)), grid.dt(j)
                 v = counted.velocity(x, sigma, conds)
-                jac = _image_batch_diagonal(_fixed_blend(request, sigma, counted.alpha(sigma)), x, counter)
+                jac = _image_batch_estimate(self.jacobian, _fixed_blend(request, sigma, counted.alpha(sigma)), x, counter)
                 du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
                 x = x + ds * (v + controls[i - first] + du)
         with clock.phase("continuation"):
@@ -184,18 +192,17 @@ class ShootingMPC:
 
     def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
         """First control of the tracking QP: deviation from the planned control at step i."""
-        n = x.numel()
-        if np_ not in backends:
-            backends[np_] = StructuredBackend(MPCConfig(nx=n, nu=n, horizon=np_, q=self.tracking, r=self.effort))
-        flat_x, flat_v = x.reshape(-1), v.reshape(-1)
-        ds = torch.stack([grid.dt(j + m) for m in range(np_)]).to(x)[:, None].expand(np_, n)
-        planned = controls[i : i + np_].reshape(np_, n)
-        lin = Linearisation(
-            a=1.0 + ds * jac, b=ds.clone(), c=ds * (flat_v - jac * flat_x + planned), structure="diagonal",
-        )
-        reference = ref[i + 1 : i + 1 + np_].reshape(np_, n)
-        solution = backends[np_].solve(lin, flat_x, reference, torch.zeros_like(flat_x))
-        return solution.controls[0].reshape(x.shape).to(x)
+        n, layout = x.numel(), StateLayout.of(jac)
+        key = (np_, jac.structure, layout.block_size)
+        if key not in backends:
+            config = MPCConfig(nx=n, nu=n, horizon=np_, q=self.tracking, r=self.effort)
+            backends[key] = StructuredBackend(config, jac.structure, block_size=layout.block_size if jac.structure == "block" else None)
+        ds = torch.stack([grid.dt(j + m) for m in range(np_)])
+        lin = euler_linearisation(jac, ds, v, x, controls[i : i + np_], dtype=x.dtype)
+        reference = layout.permute(ref[i + 1 : i + 1 + np_].reshape(np_, n))
+        start = layout.permute(x.reshape(-1))
+        solution = backends[key].solve(lin, start, reference, torch.zeros_like(start))
+        return layout.unpermute(solution.controls[0]).reshape(x.shape).to(x)
 
 
 def _fixed_blend(request: TransitionRequest, sigma: float, alpha: float):
@@ -208,11 +215,13 @@ def _fixed_blend(request: TransitionRequest, sigma: float, alpha: float):
     return (lambda y: torch.lerp(model.velocity(y, sigma, a), model.velocity(y, sigma, b), alpha)), 2
 
 
-def _image_batch_diagonal(field, x: torch.Tensor, counter: NFECounter) -> torch.Tensor:
-    """Coloured (radius 0) diagonal of a field on an image batch (B, C, H, W), flat (B*C*H*W,).
+def _image_batch_estimate(estimator, field, x: torch.Tensor, counter: NFECounter) -> JacobianEstimate:
+    """A diagonal or block estimate of a field on an image batch (B, C, H, W), in the batch's flat
+    row-major order.
 
-    The batch is laid out as one (C, B*H, W) image, so one JVP per channel serves every sample
-    (samples do not interact). Each JVP of a blended field with two sides costs two model JVPs.
+    The batch is laid out as one (C, B*H, W) image, so one coloured set of JVPs serves every
+    sample (samples do not interact; H must be a multiple of a block's height). Each JVP of a
+    blended field with two sides costs two model JVPs.
     """
     f, sides = field
     if x.dim() != 4:
@@ -220,7 +229,13 @@ def _image_batch_diagonal(field, x: torch.Tensor, counter: NFECounter) -> torch.
     b, c, h, w = x.shape
     to_image = lambda y: y.permute(1, 0, 2, 3).reshape(c, b * h, w)  # noqa: E731
     from_image = lambda z: z.reshape(c, b, h, w).permute(1, 0, 2, 3)  # noqa: E731
-    estimate = DiagonalJacobian(radius=0).estimate(lambda z: to_image(f(from_image(z))), to_image(x))
+    estimate = estimator.estimate(lambda z: to_image(f(from_image(z))), to_image(x))
     for kind, n in estimate.cost.items():
         counter.add(n * sides, kind=kind)
-    return from_image(estimate.data.reshape(c, b * h, w)).reshape(-1)
+    # image position s holds batch entry order[s]
+    order = to_image(torch.arange(x.numel(), device=x.device).reshape(x.shape)).reshape(-1)
+    if estimate.structure == "block":
+        return JacobianEstimate("block", estimate.data, estimate.cost, order[estimate.index])
+    diagonal = torch.empty_like(estimate.data)
+    diagonal[order] = estimate.data
+    return JacobianEstimate("diagonal", diagonal, estimate.cost)
