@@ -60,3 +60,40 @@ def tiny_embeddings(batch: int = 1, tokens: int = 12, seed: int = 0) -> dict[str
         "negative_prompt_embeds": torch.randn(batch, tokens, joint, generator=g),
         "negative_pooled_prompt_embeds": torch.randn(batch, pooled, generator=g),
     }
+
+
+def tiny_clip_tokenizer():
+    """A CLIPTokenizer built in memory: one token per printable ASCII character (no merges)."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(i) for i in range(33, 127)]
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def tiny_clip_encoder(seed: int = 0):
+    """A CLIPTextModelWithProjection of hidden size 16 and projection 32: two of them give the
+    tiny transformer's joint (16 + 16 = 32) and pooled (32 + 32 = 64) sizes."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    vocab = tiny_clip_tokenizer().get_vocab()
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        projection_dim=32, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
+    )
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_text_pipeline(shift: float = 3.0, dynamic: bool = False, seed: int = 0, **transformer_overrides):
+    """:func:`tiny_pipeline` with two tiny CLIP encoders and tokenizers (no T5: the pipeline uses
+    zeros for T5's tokens), so prompts can be given as text."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(
+        transformer=tiny_transformer(seed, **transformer_overrides), scheduler=tiny_scheduler(shift, dynamic),
+        vae=tiny_vae(seed), text_encoder=tiny_clip_encoder(seed), tokenizer=tiny_clip_tokenizer(),
+        text_encoder_2=tiny_clip_encoder(seed + 1), tokenizer_2=tiny_clip_tokenizer(),
+        text_encoder_3=None, tokenizer_3=None,
+    )

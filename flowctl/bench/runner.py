@@ -16,22 +16,24 @@ continuation time). Sigma runs from 1 (noise) to 0 (data).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import metrics
 from .._checks import check_int, check_real
-from ..cache import CacheEntry, CachedGenerator, CacheStore, get_policy
+from ..cache import CacheEntry, CachedGenerator, CacheStore, PromptModel, get_policy
 from ..errors import InvalidArgumentError
-from ..ocp import LeastSquaresOptions
+from ..jacobians import ColouredJacobian, DiagonalJacobian
 from ..sampling import SigmaGrid, integrate
-from ..systems.prompted_mixture import PromptCondition, PromptedMixtureFlow
+from ..systems.prompted_mixture import PromptedMixtureFlow
 from ..text import MiniLMEncoder, TextEncoder
-from ..transitions import Blend, ClosedFormController, DirectSwitch, Shooting, ShootingMPC, Strategy, TransitionRequest
+from ..transitions import STRATEGY_NAMES, DirectSwitch, Shooting, ShootingMPC, Strategy, TransitionRequest, make_strategy
 from .pairs import BUCKET_NAMES, PROMPT_PAIRS, PromptPair
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
@@ -56,7 +58,8 @@ class BenchConfig:
         sweep_pairs: pairs of the most similar bucket swept.
         repeats: timing repeats of the cheap methods and baselines (median); planners run once.
         shooting_iterations: Levenberg-Marquardt budget of every shooting plan.
-        components, size: the prompted mixture's captioned images (K of 3 x size x size).
+        components, size: the default model's captioned images (K of 3 x size x size).
+        strategies: the strategies run, by name (:data:`flowctl.transitions.STRATEGY_NAMES`).
     """
 
     steps: int = 28
@@ -71,6 +74,7 @@ class BenchConfig:
     shooting_iterations: int = 5
     components: int = 96
     size: int = 32
+    strategies: tuple[str, ...] = STRATEGY_NAMES
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, minimum=4)
@@ -87,21 +91,56 @@ class BenchConfig:
         check_int("shooting_iterations", self.shooting_iterations, minimum=1)
         check_int("components", self.components, minimum=2)
         check_int("size", self.size, minimum=8)
+        if not self.strategies:
+            raise InvalidArgumentError("strategies", "expected at least one strategy")
+        for name in self.strategies:
+            make_strategy(name)
 
-    def methods(self) -> tuple[Strategy, ...]:
-        """The strategies measured, cheapest first."""
-        solver = LeastSquaresOptions(max_iterations=self.shooting_iterations, constraint_tol=1e-4)
-        single = Shooting("single", "noise", solver=solver)
-        return (
-            DirectSwitch(),
-            Blend("linear"),
-            Blend("sigmoid"),
-            ClosedFormController(),
-            single,
-            Shooting("multiple", "noise", solver=solver),
-            Shooting("single", "velocity", solver=solver),
-            ShootingMPC(single),
-        )
+    def methods(self, mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None) -> tuple[Strategy, ...]:
+        """The strategies measured (``strategies``), cheapest first; ``mpc_jacobian``: the MPC's
+        Jacobian estimator (the model's choice)."""
+        return tuple(make_strategy(n, shooting_iterations=self.shooting_iterations, mpc_jacobian=mpc_jacobian) for n in self.strategies)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass(frozen=True, eq=False)
+class BenchModel:
+    """What the protocol runs on: a prompt-conditioned flow model and how to score its outputs.
+
+    Attributes:
+        model: a :class:`flowctl.cache.PromptModel` (``velocity``, ``condition``, ``fingerprint``).
+        noise: the starting noise at sigma = 1, one sample per seed (the batch).
+        grid_for: the sampler's grid for a number of steps (B from scratch in fewer steps too).
+        to_image: the model's output -> images in [-1, 1] (a VAE decode for a latent model).
+        adherence: ``(x, cond_a, cond_b) -> (batch,)``, how much likelier x is under B than A;
+            None where the model has no density.
+        derivatives: a context manager entered around everything that differentiates the model
+            (an attention-kernel switch for a transformer; no-op by default).
+        guidance: classifier-free guidance scale, part of the cache key.
+        mpc_jacobian: the Jacobian estimator shooting + MPC uses on this model (None: the
+            coloured diagonal; patch blocks for a patch transformer).
+    """
+
+    model: PromptModel
+    noise: torch.Tensor
+    grid_for: Callable[[int], SigmaGrid]
+    to_image: Callable[[torch.Tensor], torch.Tensor] = _identity
+    adherence: Callable[[torch.Tensor, object, object], torch.Tensor] | None = None
+    derivatives: Callable[[], AbstractContextManager] = nullcontext
+    guidance: float = 0.0
+    mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None
+
+
+def mixture_model(config: BenchConfig, encoder: TextEncoder) -> BenchModel:
+    """The embedded default: the prompted mixture flow (``config.components`` images of
+    ``config.size``), ``config.seeds`` noise samples, SD3's grid with ``config.shift``."""
+    model = PromptedMixtureFlow(encoder, components=config.components, size=config.size)
+    noise = torch.randn((config.seeds, *model.event_shape), generator=torch.Generator().manual_seed(config.seed))
+    adherence = lambda x, a, b: model.log_prob(x, b) - model.log_prob(x, a)  # noqa: E731
+    return BenchModel(model, noise, lambda steps: SigmaGrid.create(steps, config.shift), adherence=adherence)
 
 
 @dataclass(frozen=True)
@@ -184,24 +223,25 @@ class BenchResult:
 def run_benchmark(
     config: BenchConfig = BenchConfig(),
     *,
+    model: BenchModel | None = None,
     encoder: TextEncoder | None = None,
     pairs: Sequence[PromptPair] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
-    """Run the protocol on the prompted mixture flow (the embedded default model)."""
+    """Run the protocol on ``model`` (default: the embedded prompted mixture flow, built from
+    ``config``) with ``encoder`` for the look-up (default: MiniLM)."""
     started = time.perf_counter()
     say = progress or (lambda _: None)
     encoder = encoder or MiniLMEncoder()
     pairs = tuple(_select(pairs or PROMPT_PAIRS, config.pairs_per_bucket))
     if not pairs:
         raise InvalidArgumentError("pairs", "no prompt pairs to run")
-    model = PromptedMixtureFlow(encoder, components=config.components, size=config.size)
-    grid = SigmaGrid.create(config.steps, config.shift)
+    model = model or mixture_model(config, encoder)
+    grid = model.grid_for(config.steps)
     policy = get_policy(config.policy)
-    noise = torch.randn((config.seeds, *model.event_shape), generator=torch.Generator().manual_seed(config.seed))
-    store = CacheStore(device="cpu", device_bytes=1 << 30, host_bytes=0)
-    generator = CachedGenerator(model, encoder, store, grid, policy=policy)
-    bench = _Bench(config, model, grid, noise, generator)
+    store = CacheStore(device=model.noise.device, device_bytes=1 << 40, host_bytes=0)
+    generator = CachedGenerator(model.model, encoder, store, grid, policy=policy, guidance=model.guidance)
+    bench = _Bench(config, model, grid, generator)
     say(f"cost of a model call by kind: {bench.cost}")
 
     sweep_steps = {min(max(round(f * grid.steps), 1), grid.steps - 1) for f in config.sweep}
@@ -221,8 +261,10 @@ def run_benchmark(
             pair_runs, finals = bench.pair(index, pair, step, sweep)
             runs += pair_runs
             if not sweep and pair.bucket not in images and finals:
-                images[pair.bucket] = (tuple(finals), torch.stack([f[0] for f in finals.values()]))
-    return BenchResult(config, encoder.name, model.fingerprint, pairs, bench.cost, tuple(runs), images, time.perf_counter() - started)
+                shown = torch.stack([model.to_image(f[:1])[0] for f in finals.values()])
+                images[pair.bucket] = (tuple(finals), shown.float().cpu())
+    fingerprint = model.model.fingerprint
+    return BenchResult(config, encoder.name, fingerprint, pairs, bench.cost, tuple(runs), images, time.perf_counter() - started)
 
 
 def _select(pairs: Sequence[PromptPair], per_bucket: int | None) -> list[PromptPair]:
@@ -247,10 +289,12 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[object, float]
 class _Bench:
     """The per-pair measurements, sharing the model, grid, noise and cache."""
 
-    def __init__(self, config: BenchConfig, model: PromptedMixtureFlow, grid: SigmaGrid, noise: torch.Tensor, generator: CachedGenerator):
-        self.config, self.model, self.grid, self.noise, self.generator = config, model, grid, noise, generator
-        self.methods = config.methods()
-        self.cost = _call_costs(model, noise, model.condition("a shape"))
+    def __init__(self, config: BenchConfig, bench: BenchModel, grid: SigmaGrid, generator: CachedGenerator):
+        self.config, self.bench, self.grid, self.generator = config, bench, grid, generator
+        self.model, self.noise = bench.model, bench.noise
+        self.methods = config.methods(bench.mpc_jacobian)
+        with bench.derivatives():
+            self.cost = _call_costs(self.model, self.noise, self.model.condition("a shape"))
         self._fewer: dict[tuple[str, int], torch.Tensor] = {}
 
     def store_a(self, prompt: str, kept: set[int]) -> None:
@@ -262,8 +306,7 @@ class _Bench:
 
     def scratch(self, prompt: str, steps: int) -> torch.Tensor:
         """``prompt`` from scratch in ``steps`` steps, from the benchmark's noise."""
-        grid = SigmaGrid.create(steps, self.config.shift)
-        return integrate(self.model, self.noise, grid, self.model.condition(prompt), keep="final").final
+        return integrate(self.model, self.noise, self.bench.grid_for(steps), self.model.condition(prompt), keep="final").final
 
     def scratch_memo(self, prompt: str, steps: int) -> torch.Tensor:
         if (prompt, steps) not in self._fewer:
@@ -279,7 +322,7 @@ class _Bench:
         reference = self.scratch_memo(pair.b, n)
         _, scratch = _median_time(lambda: self.scratch(pair.b, n), c.repeats)
         lookup, lookup_time = _median_time(lambda: g.lookup(pair.b, self.noise), c.repeats)
-        score = _Scorer(self.model, reference, cond_a, cond_b)
+        score = _Scorer(self.bench, reference, cond_a, cond_b)
         base = dict(pair=index, bucket=pair.bucket, similarity=similarity, sweep=sweep, scratch=scratch, lookup=lookup_time)
         if not lookup.hit:
             return [Run(MISS, lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
@@ -294,7 +337,8 @@ class _Bench:
         direct_psnr = None
         for method in self.methods:
             cheap = not isinstance(method, (Shooting, ShootingMPC))
-            result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
+            with nullcontext() if cheap else self.bench.derivatives():
+                result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
             equivalents = result.nfe_equivalents(self.cost["relative"])
             budget = min(n, max(1, round(equivalents)))
             fewer = score(self.scratch_memo(pair.b, budget))["psnr"] if budget < n else float("inf")
@@ -314,21 +358,24 @@ class _Bench:
 
 
 class _Scorer:
-    """PSNR, SSIM to the reference and adherence, means over the seeds."""
+    """PSNR and SSIM of the images to the reference's, and adherence, means over the seeds."""
 
-    def __init__(self, model: PromptedMixtureFlow, reference: torch.Tensor, cond_a: PromptCondition, cond_b: PromptCondition):
-        self.model, self.reference, self.cond_a, self.cond_b = model, reference, cond_a, cond_b
+    def __init__(self, bench: BenchModel, reference: torch.Tensor, cond_a: object, cond_b: object):
+        self.bench, self.cond_a, self.cond_b = bench, cond_a, cond_b
+        self.reference = bench.to_image(reference).float()
 
     def __call__(self, x: torch.Tensor) -> dict[str, float]:
-        adherence = self.model.log_prob(x, self.cond_b) - self.model.log_prob(x, self.cond_a)
+        image = self.bench.to_image(x).float()
+        window = min(SSIM_WINDOW, *image.shape[-2:])
+        adherence = math.nan if self.bench.adherence is None else float(self.bench.adherence(x, self.cond_a, self.cond_b).mean())
         return {
-            "psnr": float(metrics.psnr(x, self.reference, data_range=DATA_RANGE).mean()),
-            "ssim": float(metrics.ssim(x, self.reference, data_range=DATA_RANGE, window_size=SSIM_WINDOW).mean()),
-            "adherence": float(adherence.mean()),
+            "psnr": float(metrics.psnr(image, self.reference, data_range=DATA_RANGE).mean()),
+            "ssim": float(metrics.ssim(image, self.reference, data_range=DATA_RANGE, window_size=window).mean()),
+            "adherence": adherence,
         }
 
 
-def _call_costs(model: PromptedMixtureFlow, noise: torch.Tensor, cond: torch.Tensor, repeats: int = 20) -> dict[str, dict[str, float]]:
+def _call_costs(model: PromptModel, noise: torch.Tensor, cond: object, repeats: int = 20) -> dict[str, dict[str, float]]:
     """Median seconds of a forward call, a JVP and a VJP of the model on the benchmark's batch."""
     x, v, sigma = noise, torch.randn_like(noise), 0.5
     f = lambda y: model.velocity(y, sigma, cond)  # noqa: E731

@@ -7,6 +7,7 @@ the final state, model evaluations by kind, wall time and per-phase timings.
 from .base import Strategy, TransitionRequest, TransitionResult
 from .blends import Blend, DirectSwitch
 from .closed_form import ClosedFormController
+from .registry import STRATEGY_NAMES, make_strategy
 from .shooting import Shooting, ShootingMPC
 
 __all__ = [
@@ -18,4 +19,6 @@ __all__ = [
     "ClosedFormController",
     "Shooting",
     "ShootingMPC",
+    "STRATEGY_NAMES",
+    "make_strategy",
 ]

@@ -1,0 +1,62 @@
+"""Stable Diffusion 3 / 3.5 through diffusers, as flowctl dynamics (``flowctl.adapters.sd3``).
+
+- :class:`SD3Dynamics`, :class:`SD3Condition`: the MMDiT's guided velocity, exactly as the
+  pipeline computes it; :func:`math_attention` for derivatives through it.
+- :func:`pipeline_grid`, :func:`scheduler_grid`, :func:`latent_shape`, :func:`noise_latents`,
+  :func:`denoise`, :func:`decode`: the denoising
+  loop on flowctl's sampler, equal to ``pipe(..., output_type="latent")`` bit for bit and
+  resumable at any step (:func:`flowctl.sampling.resume`).
+- :class:`SD3PromptEncoder`, :class:`SD3PooledEncoder`: prompts to conditions, and SD3's pooled
+  CLIP embedding as the cache's similarity key.
+- :func:`load_pipeline`: a local checkpoint directory, offline, with typed errors.
+- :func:`make_strategy`: flowctl's transition strategies by name, derivative ones under
+  :class:`MathAttention`.
+
+Sigma = 1 is noise, 0 is data; the transformer's timestep is ``sigma * 1000``. See docs/sd3.md.
+diffusers is imported only where a pipeline is loaded; the rest works on the objects given.
+"""
+
+from .checkpoint import DTYPES, check_checkpoint, load_pipeline
+from .dynamics import SD3Condition, SD3Dynamics, math_attention, weight_checksum
+from .encoding import SD3PooledEncoder, SD3PromptEncoder, has_text_encoders
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    DeviceMemoryError,
+    MissingTextEncoderError,
+    NotSD3CheckpointError,
+    UnsupportedSchedulerError,
+)
+from .loop import calculate_shift, decode, denoise, latent_shape, noise_latents, pipeline_grid, scheduler_grid, to_pil, to_uint8
+from .strategies import STRATEGY_NAMES, MathAttention, make_strategy
+
+__all__ = [
+    "SD3Condition",
+    "SD3Dynamics",
+    "math_attention",
+    "weight_checksum",
+    "SD3PromptEncoder",
+    "SD3PooledEncoder",
+    "has_text_encoders",
+    "calculate_shift",
+    "scheduler_grid",
+    "pipeline_grid",
+    "latent_shape",
+    "noise_latents",
+    "denoise",
+    "decode",
+    "to_uint8",
+    "to_pil",
+    "load_pipeline",
+    "check_checkpoint",
+    "DTYPES",
+    "make_strategy",
+    "MathAttention",
+    "STRATEGY_NAMES",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "NotSD3CheckpointError",
+    "DeviceMemoryError",
+    "MissingTextEncoderError",
+    "UnsupportedSchedulerError",
+]

@@ -1,0 +1,49 @@
+"""Strategies by name: a convenience for command lines and benchmark configs.
+
+The classes are the API; this maps the names the ``flowctl`` commands accept to configured
+instances.
+"""
+
+from __future__ import annotations
+
+from .._checks import check_int
+from ..errors import UnknownNameError
+from ..jacobians import ColouredJacobian, DiagonalJacobian
+from ..ocp import LeastSquaresOptions
+from .base import Strategy
+from .blends import Blend, DirectSwitch
+from .closed_form import ClosedFormController
+from .shooting import Shooting, ShootingMPC
+
+STRATEGY_NAMES = ("direct", "linear", "sigmoid", "closed-form", "shooting", "multiple-shooting", "velocity-shooting", "mpc")
+
+
+def make_strategy(
+    name: str,
+    *,
+    shooting_iterations: int = 5,
+    mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None,
+) -> Strategy:
+    """The strategy called ``name`` (one of :data:`STRATEGY_NAMES`).
+
+    "shooting" is single shooting to the 16-segment noise anchor, "multiple-shooting" the same
+    with segment nodes as unknowns, "velocity-shooting" single shooting to the seed's velocity
+    consistency, all with at most ``shooting_iterations`` Levenberg-Marquardt steps; "mpc" is
+    the single-shooting plan executed under MPC with ``mpc_jacobian`` (default: the coloured
+    diagonal, radius 0).
+    """
+    check_int("shooting_iterations", shooting_iterations, minimum=1)
+    if name not in STRATEGY_NAMES:
+        raise UnknownNameError("strategy", name, list(STRATEGY_NAMES))
+    solver = LeastSquaresOptions(max_iterations=shooting_iterations, constraint_tol=1e-4)
+    single = Shooting("single", "noise", solver=solver)
+    return {
+        "direct": DirectSwitch,
+        "linear": lambda: Blend("linear"),
+        "sigmoid": lambda: Blend("sigmoid"),
+        "closed-form": ClosedFormController,
+        "shooting": lambda: single,
+        "multiple-shooting": lambda: Shooting("multiple", "noise", solver=solver),
+        "velocity-shooting": lambda: Shooting("single", "velocity", solver=solver),
+        "mpc": lambda: ShootingMPC(single, jacobian=mpc_jacobian or DiagonalJacobian(radius=0)),
+    }[name]()
