@@ -91,3 +91,13 @@ def test_bad_prompts_and_noise_are_typed_errors(model):
     with pytest.raises(InvalidArgumentError):
         g.generate(PROMPT, torch.full((2, 3, 8, 8), float("nan")))
     assert len(g.store) == 0
+
+
+def test_entries_never_match_under_another_encoder(model):
+    store = CacheStore(device_bytes=1 << 24, host_bytes=1 << 24)
+    generator(model, store).generate(PROMPT, noise())
+    other = CachedGenerator(model, HashingEncoder(), store, SigmaGrid.create(10, 3.0))
+    assert other.generate(PROMPT, noise()).hit  # the same encoder: a hit
+    renamed = HashingEncoder()
+    renamed.name = "another-512-dim-encoder"
+    assert not CachedGenerator(model, renamed, store, SigmaGrid.create(10, 3.0)).generate(PROMPT, noise()).hit

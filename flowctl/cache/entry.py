@@ -47,6 +47,8 @@ class CacheKey:
         dtype: latent dtype name as torch spells it ("float32", "bfloat16", ...).
         time_shift: the form of the grid's dynamic shift ("exponential" or "linear").
         num_train_timesteps: the scheduler's training timesteps.
+        encoder: name of the text encoder of the entries' similarity embeddings (embeddings of
+            different encoders are not comparable, whatever their sizes).
     """
 
     model: str
@@ -59,6 +61,7 @@ class CacheKey:
     dtype: str
     time_shift: str = "exponential"
     num_train_timesteps: int = 1000
+    encoder: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -80,6 +83,8 @@ class CacheKey:
         if self.time_shift not in TIME_SHIFTS:
             raise UnknownNameError("time_shift", self.time_shift, list(TIME_SHIFTS))
         set_(self, "num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps, minimum=1))
+        if not isinstance(self.encoder, str):
+            raise InvalidArgumentError("encoder", f"expected the encoder's name, got {self.encoder!r}")
 
     @classmethod
     def for_grid(
@@ -91,12 +96,13 @@ class CacheKey:
         dtype: str | torch.dtype,
         guidance: float = 0.0,
         method: str = "euler",
+        encoder: str = "",
     ) -> CacheKey:
         """The key of runs of ``model`` on ``grid`` (its steps, shift, mu, time shift and training
         timesteps)."""
         if not isinstance(grid, SigmaGrid):
             raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps)
+        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps, encoder)
 
     @property
     def torch_dtype(self) -> torch.dtype:

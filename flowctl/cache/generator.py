@@ -120,8 +120,11 @@ class CachedGenerator:
         self.policy, self.strategy, self.namespace, self.guidance = policy, strategy, namespace, guidance
 
     def key(self, noise: torch.Tensor) -> CacheKey:
-        """The cache key of a run from ``noise`` with this model and these settings."""
-        return CacheKey.for_grid(self.model.fingerprint, self.grid, shape=tuple(noise.shape), dtype=str(noise.dtype).removeprefix("torch."), guidance=self.guidance)
+        """The cache key of a run from ``noise`` with this model, these settings and this encoder."""
+        return CacheKey.for_grid(
+            self.model.fingerprint, self.grid, shape=tuple(noise.shape), dtype=str(noise.dtype).removeprefix("torch."),
+            guidance=self.guidance, encoder=self.encoder.name,
+        )
 
     def lookup(self, prompt: str, noise: torch.Tensor) -> Lookup:
         """Find the most similar cached prompt for a run shaped like ``noise``, and decide."""
