@@ -475,3 +475,18 @@ def test_flowctl_bench_does_not_import_diffusers():
         "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_benchmark_protocol_runs_on_a_batch_of_seeds(text_pipe):
+    from flowctl.adapters.sd3.bench import sd3_model
+    from flowctl.bench.pairs import PROMPT_PAIRS
+    from flowctl.bench.runner import BenchConfig, run_benchmark
+    from flowctl.text import HashingEncoder
+
+    dynamics = SD3Dynamics.from_pipeline(text_pipe, guidance_scale=4.0, max_sequence_length=8)
+    model = sd3_model(text_pipe, dynamics, seeds=2, height=32, width=32)
+    config = BenchConfig(steps=6, seeds=2, policy="nirvana", pairs_per_bucket=1, sweep_pairs=0, repeats=1, strategies=("direct", "linear"))
+    result = run_benchmark(config, model=model, encoder=HashingEncoder(), pairs=PROMPT_PAIRS[:1])
+    direct = [r for r in result.runs if r.method == "direct switch"]
+    assert model.noise.shape[0] == 2 and direct and all(r.nfe == {"forward": 6 - r.resume_step} for r in direct)
+    assert result.images and next(iter(result.images.values()))[1].shape[1] == 3  # decoded RGB images

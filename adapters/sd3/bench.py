@@ -18,6 +18,20 @@ from .dynamics import SD3Dynamics, math_attention
 from .loop import decode, latent_shape, noise_latents, pipeline_grid
 
 
+class _PerSeed:
+    """The dynamics with every prompt's condition repeated for the batch of seeds."""
+
+    def __init__(self, dynamics: SD3Dynamics, seeds: int):
+        self.dynamics, self.seeds = dynamics, seeds
+        self.fingerprint = dynamics.fingerprint
+
+    def condition(self, prompt: str):
+        return self.dynamics.condition(prompt).repeat(self.seeds)
+
+    def velocity(self, x: torch.Tensor, t, cond) -> torch.Tensor:
+        return self.dynamics.velocity(x, t, cond)
+
+
 def sd3_model(pipeline, dynamics: SD3Dynamics, *, seeds: int, seed: int = 0, height: int | None = None, width: int | None = None) -> BenchModel:
     """The benchmark's view of ``pipeline`` with ``dynamics`` (its prompt encoder sets the
     guidance): ``seeds`` noise latents (seeds ``seed .. seed + seeds - 1``) of ``height`` x
@@ -26,7 +40,7 @@ def sd3_model(pipeline, dynamics: SD3Dynamics, *, seeds: int, seed: int = 0, hei
     noise = torch.cat([noise_latents(shape, s, dtype=dynamics.dtype, device=dynamics.device)[0] for s in range(seed, seed + seeds)])
     patch = pipeline.transformer.config.patch_size
     return BenchModel(
-        dynamics,
+        _PerSeed(dynamics, seeds),
         noise,
         lambda steps: pipeline_grid(pipeline, steps, noise),
         to_image=lambda x: decode(pipeline.vae, x),

@@ -97,6 +97,14 @@ class SD3Condition:
         object.__setattr__(self, "encoder_hidden_states", hidden)
         object.__setattr__(self, "pooled_projections", pooled_in)
 
+    def repeat(self, n: int) -> SD3Condition:
+        """This condition for ``n`` latents per prompt (the pipeline's ``num_images_per_prompt``
+        layout: each prompt's rows repeated ``n`` times in place)."""
+        n = check_int("n", n, minimum=1)
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+        return SD3Condition(rep(self.prompt_embeds), rep(self.pooled_prompt_embeds), rep(self.negative_prompt_embeds),
+                            rep(self.negative_pooled_prompt_embeds), self.guidance_scale)
+
     @property
     def guided(self) -> bool:
         """Whether classifier-free guidance is on (``guidance_scale > 1``, as in the pipeline)."""
