@@ -1,6 +1,7 @@
 """The ``flowctl`` command line.
 
-``flowctl bench`` runs the caching benchmark on the embedded default model; ``flowctl sd3
+``flowctl bench`` runs the caching benchmark on the embedded default model; ``flowctl cache
+list|inspect|clear`` shows and empties a persistent cache directory; ``flowctl sd3
 generate|continue|bench`` runs SD3 / SD3.5 from a local checkpoint directory through the adapter
 (:mod:`flowctl.adapters.sd3.commands`), which is imported, with diffusers, only for those commands.
 """
@@ -8,12 +9,13 @@ generate|continue|bench`` runs SD3 / SD3.5 from a local checkpoint directory thr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import replace
 
 from .bench.report import markdown, write_outputs
 from .bench.runner import BenchConfig, run_benchmark
-from .errors import FlowctlError
+from .errors import FlowctlError, InvalidArgumentError
 from .transitions import STRATEGY_NAMES
 
 QUICK = dict(steps=12, seeds=2, pairs_per_bucket=1, sweep=(0.3, 0.6), sweep_pairs=1, repeats=1, shooting_iterations=2, components=24, size=16)
@@ -38,8 +40,46 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--all-pairs", action="store_true", help="every shipped pair")
     bench.add_argument("--shooting-iterations", type=int, default=d.shooting_iterations, help="planning budget (default %(default)s)")
     bench.add_argument("--quick", action="store_true", help="a small smoke run (seconds), not for figures")
+    _add_cache(sub)
     _add_sd3(sub)
     return parser
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:
+    cache = sub.add_parser("cache", help="list, inspect or clear a persistent cache directory")
+    commands = cache.add_subparsers(dest="cache_command", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", required=True, help="the cache directory (a DiskStore)")
+    where.add_argument("--namespace", default=None, help="only this tenant's entries (default: all)")
+    commands.add_parser("list", parents=[where], help="one JSON line per entry (no tensor is read)")
+    inspect = commands.add_parser("inspect", parents=[where], help="one entry in full: sigma, timestep and dt at each cached step")
+    inspect.add_argument("id", help="the entry's id")
+    clear = commands.add_parser("clear", parents=[where], help="delete the entries (of --namespace, or all with --all)")
+    clear.add_argument("--all", action="store_true", help="every namespace (required without --namespace)")
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from .cache.inspect import describe, open_existing, summary
+
+    store = open_existing(args.dir)
+    records = [r for r in store.index() if args.namespace in (None, r.namespace)]
+    if args.cache_command == "list":
+        for record in sorted(records, key=lambda r: r.created):
+            print(json.dumps(summary(record)))
+    elif args.cache_command == "inspect":
+        record = next((r for r in records if r.entry_id == args.id), None)
+        if record is None:
+            raise InvalidArgumentError("id", f"no entry {args.id!r} in {args.dir!r}" + (f", namespace {args.namespace!r}" if args.namespace else ""))
+        print(json.dumps(describe(store.read(record.entry_id)), indent=2))
+    else:
+        if args.namespace is None and not args.all:
+            raise InvalidArgumentError("--namespace", "name the namespace to clear, or pass --all")
+        for record in records:
+            store.delete(record.entry_id)
+        print(json.dumps({"deleted": len(records), "left": len(store)}))
+    for entry_id, why in store.skipped.items():
+        print(f"skipped {entry_id}: {why}", file=sys.stderr)
+    return 0
 
 
 SD3_STRATEGIES = STRATEGY_NAMES
@@ -89,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "sd3":
         return _sd3(args)
+    if args.command == "cache":
+        try:
+            return _cache(args)
+        except FlowctlError as exc:
+            print(f"flowctl cache {args.cache_command}: error: {exc}", file=sys.stderr)
+            return 2
     try:
         config = BenchConfig(
             steps=args.steps, seeds=args.seeds, seed=args.seed, policy=args.policy,
