@@ -114,6 +114,40 @@ class MiniLMEncoder:
                     self._memo.popitem(last=False)
             return torch.stack(rows)
 
+    def encode_tokens(self, prompts: Sequence[str], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token and pooled embeddings, the conditioning of a text-to-image transformer.
+
+        Returns ``(token_embeds (n, tokens, 384), pooled (n, 384))`` float32 on the CPU: MiniLM's
+        last hidden states, zero at padded positions and zero-padded (or truncated) to ``tokens``;
+        pooled is their masked mean, L2-normalised (what :meth:`encode` returns, to rounding).
+        The empty prompt is allowed here (the unconditional condition of guidance). Not memoised.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise InvalidArgumentError("prompts", "expected a non-empty list of strings ('' encodes the unconditional prompt)")
+        prompts, tokens = list(prompts), check_int("tokens", tokens, minimum=1)
+        with self._lock, torch.no_grad():
+            model = self._load()
+            bert, tokenizer = model[0].auto_model.eval(), model.tokenizer
+            out_tok = torch.zeros(len(prompts), tokens, self.dim)
+            out_pool = torch.zeros(len(prompts), self.dim)
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths per batch
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                enc = tokenizer([prompts[i] for i in idx], padding=True, truncation=True, max_length=tokens, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                hidden = bert(**enc).last_hidden_state.float() * mask
+                out_tok[idx, : hidden.shape[1]] = hidden.cpu()
+                out_pool[idx] = torch.nn.functional.normalize(hidden.sum(1) / mask.sum(1).clamp(min=1e-9), dim=1).cpu()
+        return out_tok, out_pool
+
+    def max_tokens(self, prompts: Sequence[str]) -> int:
+        """The most tokens any of ``prompts`` takes (MiniLM's tokenizer, special tokens included)."""
+        prompts = check_prompts(prompts)
+        with self._lock:
+            tokenizer = self._load().tokenizer
+        return max(len(ids) for ids in tokenizer(list(prompts))["input_ids"])
+
     def _encode_uncached(self, prompts: list[str]) -> torch.Tensor:
         out = self._load().encode(
             prompts,

@@ -86,3 +86,13 @@ def test_cosine_checks_shapes():
     torch.testing.assert_close(cosine(a, a[1:]), torch.tensor([[0.6], [1.0]]))
     with pytest.raises(ShapeError):
         cosine(a, torch.ones(2, 3))
+
+
+def test_token_embeddings_pool_to_the_sentence_embedding(minilm):
+    prompts = ["a large red circle on a blue background", "a cat", ""]
+    tokens, pooled = minilm.encode_tokens(prompts, tokens=16)
+    assert tokens.shape == (3, 16, 384) and pooled.shape == (3, 384)
+    torch.testing.assert_close(pooled[:2], minilm.encode(prompts[:2]), atol=1e-5, rtol=0)
+    assert bool((tokens[1, minilm.max_tokens(["a cat"]):] == 0).all())  # padding is zero
+    with pytest.raises(InvalidArgumentError):
+        minilm.encode_tokens("a cat", tokens=16)
