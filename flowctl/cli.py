@@ -1,9 +1,14 @@
 """The ``flowctl`` command line.
 
-``flowctl bench`` runs the caching benchmark on the embedded default model; ``flowctl cache
-list|inspect|clear`` shows and empties a persistent cache directory; ``flowctl sd3
-generate|continue|bench`` runs SD3 / SD3.5 from a local checkpoint directory through the adapter
-(:mod:`flowctl.adapters.sd3.commands`), which is imported, with diffusers, only for those commands.
+- ``flowctl generate PROMPT`` writes a PNG and stores the run in a cache directory;
+  ``flowctl continue PROMPT`` continues the most similar cached run with ``--strategy``;
+- ``flowctl bench`` runs the caching benchmark and writes its tables, plot and image grid;
+- ``flowctl cache list|inspect|clear`` shows and empties a cache directory.
+
+``--model`` is ``embedded`` (the shipped shapes MMDiT, the default), a local SD3 / SD3.5
+checkpoint directory, or for ``bench`` also ``gmm`` (the exact prompted Gaussian mixture). The
+MMDiT commands live in :mod:`flowctl.adapters.sd3.commands`, imported (with diffusers) only for
+them. Errors on bad input are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import sys
 from dataclasses import replace
 
 from .bench.report import markdown, write_outputs
-from .bench.runner import BenchConfig, run_benchmark
+from .bench.runner import BenchConfig, BenchResult, run_benchmark
 from .errors import FlowctlError, InvalidArgumentError
+from .text import MissingDependencyError
 from .transitions import STRATEGY_NAMES
 
 QUICK = dict(steps=12, seeds=2, pairs_per_bucket=1, sweep=(0.3, 0.6), sweep_pairs=1, repeats=1, shooting_iterations=2, components=24, size=16)
@@ -24,24 +30,49 @@ QUICK = dict(steps=12, seeds=2, pairs_per_bucket=1, sweep=(0.3, 0.6), sweep_pair
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowctl", description="Control theory for flow-matching models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights and states (default %(default)s; float16 not on the CPU)")
+    model.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1', ... (default %(default)s)")
+    model.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale, on when > 1 (default: the embedded model's 4, a checkpoint's 7)")
+    model.add_argument("--negative-prompt", default="", help="negative prompt under guidance (default empty)")
+    model.add_argument("--height", type=int, default=None, help="image height in pixels, checkpoints only (default: the model's)")
+    model.add_argument("--width", type=int, default=None, help="image width in pixels, checkpoints only (default: the model's)")
+    model.add_argument("--no-t5", action="store_true", help="load a checkpoint without its T5 encoder (zeros for its tokens)")
+    model.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens of a checkpoint (default %(default)s)")
+    model.add_argument("--encoder", default=None, choices=("sd3", "minilm"), help="similarity encoder: SD3's pooled CLIP (a checkpoint's default) or all-MiniLM-L6-v2 (the embedded model's)")
+    model.add_argument("--policy", default="seed", help="'seed' or 'nirvana': similarity -> resume step (default %(default)s)")
+    model.add_argument("--shooting-iterations", type=int, default=None, help="planning budget of the shooting and MPC strategies")
+
+    image = argparse.ArgumentParser(add_help=False)
+    image.add_argument("prompt", help="the prompt")
+    image.add_argument("--model", default="embedded", help="'embedded' (the shipped shapes model, default) or a local SD3 checkpoint directory")
+    image.add_argument("--steps", type=int, default=28, help="denoising steps (default %(default)s)")
+    image.add_argument("--seed", type=int, default=0, help="seed of the noise (default %(default)s)")
+    image.add_argument("--cache", default="flowctl-cache", help="cache directory (default %(default)s)")
+    image.add_argument("--namespace", default="default", help="the cache tenant (default %(default)s)")
+    image.add_argument("--out", default="flowctl.png", help="image file to write (default %(default)s)")
+    sub.add_parser("generate", parents=[image, model], help="a prompt from scratch to a PNG; the run is stored in the cache (created if missing)")
+    cont = sub.add_parser("continue", parents=[image, model], help="a prompt continued from the most similar cached run (from scratch on a miss)")
+    cont.add_argument("--strategy", default="direct", choices=STRATEGY_NAMES, help="transition strategy (default %(default)s)")
+
     bench = sub.add_parser(
-        "bench",
-        help="the cross-prompt caching benchmark on the embedded default model",
-        description="Runs every transition strategy on the shipped prompt pairs and writes results.json, "
-        "report.md (the tables), speedup_psnr.svg and grid.png.",
+        "bench", parents=[model],
+        help="the cross-prompt caching benchmark (default: on the embedded model)",
+        description="Runs the transition strategies on the shipped prompt pairs and writes results.json, "
+        "report.md (the tables), speedup_psnr.svg and grid.png. Unset options take the model's defaults.",
     )
-    d = BenchConfig()
+    bench.add_argument("--model", default="embedded", help="'embedded' (default), 'gmm' (the exact prompted Gaussian mixture) or a local SD3 checkpoint directory")
     bench.add_argument("--out", default="results/bench", help="output folder (default %(default)s)")
-    bench.add_argument("--steps", type=int, default=d.steps, help="sampler steps (default %(default)s)")
-    bench.add_argument("--seeds", type=int, default=d.seeds, help="noise samples per pair (default %(default)s)")
-    bench.add_argument("--seed", type=int, default=d.seed, help="seed of the noise (default %(default)s)")
-    bench.add_argument("--policy", default=d.policy, help="'seed' or 'nirvana' (default %(default)s)")
-    bench.add_argument("--pairs-per-bucket", type=int, default=d.pairs_per_bucket, help="pairs per similarity bucket (default %(default)s)")
+    bench.add_argument("--steps", type=int, default=None, help="sampler steps")
+    bench.add_argument("--seeds", type=int, default=None, help="noise samples per pair")
+    bench.add_argument("--seed", type=int, default=None, help="seed of the noise")
+    bench.add_argument("--pairs-per-bucket", type=int, default=None, help="pairs per similarity bucket")
     bench.add_argument("--all-pairs", action="store_true", help="every shipped pair")
-    bench.add_argument("--shooting-iterations", type=int, default=d.shooting_iterations, help="planning budget (default %(default)s)")
-    bench.add_argument("--quick", action="store_true", help="a small smoke run (seconds), not for figures")
+    bench.add_argument("--methods", default=None, help=f"comma-separated, of {', '.join(STRATEGY_NAMES)}")
+    bench.add_argument("--sweep-pairs", type=int, default=None, help="most similar pairs swept over the resume step")
+    bench.add_argument("--repeats", type=int, default=None, help="timing repeats of the cheap methods")
+    bench.add_argument("--quick", action="store_true", help="a small smoke run, not for figures")
     _add_cache(sub)
-    _add_sd3(sub)
     return parser
 
 
@@ -82,88 +113,50 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-SD3_STRATEGIES = STRATEGY_NAMES
-
-
-def _add_sd3(sub: argparse._SubParsersAction) -> None:
-    sd3 = sub.add_parser(
-        "sd3",
-        help="SD3 / SD3.5 from a local checkpoint: generate, continue from the cache, benchmark",
-        description="Stable Diffusion 3 through diffusers (pip install flowctl[sd3]); the checkpoint is a local "
-        "diffusers directory and nothing is downloaded. See docs/sd3.md.",
-    )
-    commands = sd3.add_subparsers(dest="sd3_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="checkpoint directory (diffusers layout, model_index.json)")
-    common.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"), help="weights and latents (default %(default)s; float16 not on the CPU)")
-    common.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1', ... (default %(default)s)")
-    common.add_argument("--steps", type=int, default=28, help="denoising steps (default %(default)s)")
-    common.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale, on when > 1 (default %(default)s)")
-    common.add_argument("--negative-prompt", default="", help="negative prompt under guidance (default empty)")
-    common.add_argument("--height", type=int, default=None, help="image height in pixels (default: the model's)")
-    common.add_argument("--width", type=int, default=None, help="image width in pixels (default: the model's)")
-    common.add_argument("--seed", type=int, default=0, help="seed of the noise (default %(default)s)")
-    common.add_argument("--no-t5", action="store_true", help="load without the T5 encoder (zeros for its tokens; saves memory)")
-    common.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens (default %(default)s)")
-    common.add_argument("--encoder", default="sd3", choices=("sd3", "minilm"), help="similarity encoder: SD3's pooled CLIP or all-MiniLM-L6-v2 (default %(default)s)")
-    common.add_argument("--policy", default="seed", help="'seed' or 'nirvana': similarity -> resume step (default %(default)s)")
-    common.add_argument("--shooting-iterations", type=int, default=2, help="planning budget of shooting and mpc (default %(default)s)")
-    cache = argparse.ArgumentParser(add_help=False)
-    cache.add_argument("--prompt", required=True, help="the prompt")
-    cache.add_argument("--cache", required=True, help="cache directory (a DiskStore; created if missing)")
-    cache.add_argument("--namespace", default="default", help="the cache tenant (default %(default)s)")
-    cache.add_argument("--out", default="sd3.png", help="image file to write (default %(default)s)")
-    commands.add_parser("generate", parents=[common, cache], help="generate from scratch and store the run in the cache")
-    cont = commands.add_parser("continue", parents=[common, cache], help="continue the most similar cached prompt (generate on a miss)")
-    cont.add_argument("--strategy", default="direct", choices=SD3_STRATEGIES, help="transition strategy (default %(default)s)")
-    bench = commands.add_parser("bench", parents=[common], help="the caching benchmark on shipped prompt pairs (flowctl bench's protocol)")
-    bench.add_argument("--pairs-per-bucket", type=int, default=1, help="shipped pairs per similarity bucket (default %(default)s)")
-    bench.add_argument("--seeds", type=int, default=1, help="noise samples per pair (default %(default)s)")
-    bench.add_argument("--methods", default="direct,linear,sigmoid,closed-form", help=f"comma-separated, of {', '.join(SD3_STRATEGIES)} (default %(default)s)")
-    bench.add_argument("--sweep-pairs", type=int, default=0, help="most similar pairs swept over the resume step (default %(default)s)")
-    bench.add_argument("--repeats", type=int, default=1, help="timing repeats of the cheap methods (default %(default)s)")
-    bench.add_argument("--out", default="results/sd3", help="output folder (default %(default)s)")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "sd3":
-        return _sd3(args)
-    if args.command == "cache":
-        try:
-            return _cache(args)
-        except FlowctlError as exc:
-            print(f"flowctl cache {args.cache_command}: error: {exc}", file=sys.stderr)
-            return 2
+    name = f"flowctl {args.command}" + (f" {args.cache_command}" if args.command == "cache" else "")
     try:
-        config = BenchConfig(
-            steps=args.steps, seeds=args.seeds, seed=args.seed, policy=args.policy,
-            pairs_per_bucket=None if args.all_pairs else args.pairs_per_bucket,
-            shooting_iterations=args.shooting_iterations,
-        )
-        if args.quick:
-            config = replace(config, **QUICK)
-        result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-        paths = write_outputs(result, args.out)
+        if args.command == "cache":
+            return _cache(args)
+        if args.command == "bench" and args.model == "gmm":
+            return _bench_gmm(args)
+        try:
+            from .adapters.sd3.commands import run
+        except ImportError as exc:
+            raise MissingDependencyError(f"the embedded model and SD3 checkpoints need the 'sd3' extra: pip install flowctl[sd3] ({exc})") from None
+        return run(args)
     except FlowctlError as exc:
-        print(f"flowctl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    print(markdown(result))
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+
+
+def bench_config(args: argparse.Namespace, defaults: BenchConfig, quick: dict) -> BenchConfig:
+    """The benchmark's settings: ``defaults`` (the model's), ``quick`` over them with --quick,
+    and every option given on the command line over both."""
+    config = replace(defaults, **quick) if args.quick else defaults
+    given = {
+        "steps": args.steps, "seeds": args.seeds, "seed": args.seed, "pairs_per_bucket": args.pairs_per_bucket,
+        "shooting_iterations": args.shooting_iterations, "sweep_pairs": args.sweep_pairs, "repeats": args.repeats,
+        "policy": args.policy,
+        "strategies": None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+    }
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    return replace(config, pairs_per_bucket=None) if args.all_pairs else config
+
+
+def _bench_gmm(args: argparse.Namespace) -> int:
+    config = bench_config(args, BenchConfig(), QUICK)
+    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    report(result, args.out)
     return 0
 
 
-def _sd3(args: argparse.Namespace) -> int:
-    try:
-        from .adapters.sd3.commands import run
-    except ImportError as exc:
-        print(f"flowctl sd3: error: the SD3 adapter needs the 'sd3' extra: pip install flowctl[sd3] ({exc})", file=sys.stderr)
-        return 2
-    try:
-        return run(args)
-    except FlowctlError as exc:
-        print(f"flowctl sd3 {args.sd3_command}: error: {exc}", file=sys.stderr)
-        return 2
+def report(result: BenchResult, out: str) -> None:
+    """Write the benchmark's files to ``out``, the tables to stdout and the paths to stderr."""
+    paths = write_outputs(result, out)
+    print(markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -71,10 +71,10 @@ def test_bad_configs_are_typed_errors():
 
 def test_cli_quick_run_writes_its_outputs(tmp_path, capsys):
     pytest.importorskip("sentence_transformers")
-    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--model", "gmm", "--quick", "--out", str(tmp_path)]) == 0
     assert "## Table 2: by similarity" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "report.md", "speedup_psnr.svg", "grid.png"}
-    assert main(["bench", "--quick", "--policy", "fast", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--model", "gmm", "--quick", "--policy", "fast", "--out", str(tmp_path)]) == 2
     assert "policy" in capsys.readouterr().err
 
 

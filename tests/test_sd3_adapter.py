@@ -440,7 +440,7 @@ def test_cli_generate_continue_bench(saved, tmp_path, capsys, text_pipe):
     common = ["--model", str(saved), "--steps", "6", "--guidance", "4", "--height", "32", "--width", "32", "--max-sequence-length", "8", "--seed", "3"]
     cache = ["--cache", str(tmp_path / "cache")]
     a, b = "a large red circle on a blue background", "a big red circle on a blue background"
-    assert main(["sd3", "generate", *common, *cache, "--prompt", a, "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["generate", a, *common, *cache, "--out", str(tmp_path / "a.png")]) == 0
     generated = json.loads(capsys.readouterr().out)
     assert generated["entry_id"] and (tmp_path / "cache" / f"{generated['entry_id']}.safetensors").exists()
     reference = text_pipe(
@@ -451,12 +451,12 @@ def test_cli_generate_continue_bench(saved, tmp_path, capsys, text_pipe):
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(reference))
 
-    assert main(["sd3", "continue", *common, *cache, "--prompt", b, "--strategy", "sigmoid", "--out", str(tmp_path / "b.png")]) == 0
+    assert main(["continue", b, *common, *cache, "--strategy", "sigmoid", "--out", str(tmp_path / "b.png")]) == 0
     continued = json.loads(capsys.readouterr().out)
     assert continued["hit"] and continued["cached_prompt"] == a and continued["strategy"] == "sigmoid blend"
     assert 0 < continued["resume_step"] < 6 and (tmp_path / "b.png").exists()
 
-    assert main(["sd3", "bench", *common, "--methods", "direct", "--out", str(tmp_path / "bench")]) == 0
+    assert main(["bench", *common, "--methods", "direct", "--out", str(tmp_path / "bench")]) == 0
     table = capsys.readouterr().out
     assert "direct switch" in table and "no-op floor" in table
     runs = json.loads((tmp_path / "bench" / "results.json").read_text())["runs"]
@@ -464,14 +464,14 @@ def test_cli_generate_continue_bench(saved, tmp_path, capsys, text_pipe):
     assert all(r["psnr"] == "inf" or r["psnr"] > 0 for r in runs)
     assert (tmp_path / "bench" / "grid.png").exists() and (tmp_path / "bench" / "report.md").exists()
 
-    assert main(["sd3", "generate", "--model", str(tmp_path / "nowhere"), *cache, "--prompt", a]) == 2
+    assert main(["generate", a, "--model", str(tmp_path / "nowhere"), *cache]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
 
 
-def test_flowctl_bench_does_not_import_diffusers():
+def test_the_command_line_imports_diffusers_only_for_an_mmdit():
     code = (
         "import sys, flowctl.cli as c; c._parser().parse_args(['bench', '--quick']); "
-        "c._parser().parse_args(['sd3', 'generate', '--model', 'm', '--cache', 'c', '--prompt', 'p']); "
+        "c._parser().parse_args(['generate', 'p', '--model', 'm', '--cache', 'c']); "
         "assert 'diffusers' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

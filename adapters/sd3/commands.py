@@ -1,12 +1,15 @@
-"""The ``flowctl sd3`` commands (the parser is in :mod:`flowctl.cli`).
+"""``flowctl generate | continue | bench`` on an MMDiT: the embedded shapes model or a local
+SD3 checkpoint (the parser is in :mod:`flowctl.cli`).
 
-- ``generate``: a prompt from scratch; the run's resumable states go into the ``--cache`` store.
-- ``continue``: a prompt from the cache: the most similar cached prompt under the same model and
-  settings is continued with ``--strategy`` from the step the policy chooses; on a miss the
-  prompt is generated from scratch and stored.
-- ``bench``: the caching benchmark's protocol on the checkpoint (:func:`flowctl.adapters.sd3.bench.sd3_model`).
+- ``generate``: a prompt from scratch to a PNG; the run's resumable states go into ``--cache``
+  (created if missing).
+- ``continue``: a prompt from the cache, which must exist: the most similar cached prompt under
+  the same model and settings is continued with ``--strategy`` from the step the policy chooses;
+  on a miss the prompt is generated from scratch and stored.
+- ``bench``: the caching benchmark's protocol on the model.
 
-Each prints a JSON summary (``bench``: the report's tables, and it writes the benchmark's files) on stdout and progress on stderr.
+Each prints a JSON summary (``bench``: the report's tables, and it writes the benchmark's files)
+on stdout and progress on stderr.
 """
 
 from __future__ import annotations
@@ -15,24 +18,99 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from tqdm.auto import tqdm
 
+from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
 from flowctl.cache import CacheEntry, CachedGenerator, CacheStore, DiskStore, get_policy
+from flowctl.cache.inspect import open_existing
+from flowctl.cli import bench_config, report
 from flowctl.errors import InvalidArgumentError
-from flowctl.text import MiniLMEncoder, TextEncoder
-from flowctl.bench.report import markdown, write_outputs
-from flowctl.bench.runner import BenchConfig, run_benchmark
+from flowctl.sampling import SigmaGrid
+from flowctl.text import MiniLMEncoder, TextEncoder, check_prompts
 from flowctl.transitions import Strategy
 
+from . import embedded
 from .bench import sd3_model
-from .checkpoint import load_pipeline
+from .checkpoint import DTYPES, load_pipeline
 from .dynamics import SD3Condition, SD3Dynamics
 from .encoding import SD3PooledEncoder
 from .loop import decode, denoise, latent_shape, noise_latents, pipeline_grid, to_pil
 from .strategies import make_strategy
+
+CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
+# The benchmark's defaults on each model (BenchConfig's fields), before the command line's options.
+EMBEDDED_BENCH = BenchConfig()
+EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1, shooting_iterations=1)
+CHECKPOINT_BENCH = BenchConfig(seeds=1, pairs_per_bucket=1, sweep_pairs=0, repeats=1, shooting_iterations=2,
+                               strategies=("direct", "linear", "sigmoid", "closed-form"))
+CHECKPOINT_QUICK = dict(steps=8)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An MMDiT as the commands use it.
+
+    Attributes:
+        dynamics: the guided velocity, with its prompt encoder.
+        encoder: the cache's similarity key.
+        noise: seed -> (starting noise (1, C, h, w), the generator's state before the draw).
+        grid: (steps, noise) -> the sampler's sigma grid.
+        to_image: the final state -> images in [-1, 1].
+        bench_model: (seeds, seed) -> the benchmark's view of the model.
+        bench_defaults, quick: the benchmark's settings on this model, and those of --quick.
+    """
+
+    dynamics: SD3Dynamics
+    encoder: TextEncoder
+    noise: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    grid: Callable[[int, torch.Tensor], SigmaGrid]
+    to_image: Callable[[torch.Tensor], torch.Tensor]
+    bench_model: Callable[[int, int], BenchModel]
+    bench_defaults: BenchConfig
+    quick: dict
+
+
+def load_model(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedModel:
+    """``args.model``: "embedded" or a checkpoint directory, with the command line's settings."""
+    if args.model == "embedded":
+        for option in ("height", "width"):
+            if getattr(args, option) not in (None, embedded.SHAPE[1]):
+                raise InvalidArgumentError(f"--{option}", f"the embedded model makes {embedded.SHAPE[1]} x {embedded.SHAPE[2]} images")
+        if args.encoder == "sd3":
+            raise InvalidArgumentError("--encoder", "the embedded model has no SD3 text encoders; its similarity encoder is MiniLM")
+        if args.dtype == "float16" and not args.device.startswith("cuda"):
+            raise InvalidArgumentError("--dtype", "float16 needs a CUDA device")
+        encoder = MiniLMEncoder()
+        say(f"loading the embedded model ({args.dtype} on {args.device})")
+        dynamics = embedded.load_embedded(
+            guidance_scale=embedded.GUIDANCE if args.guidance is None else args.guidance, negative_prompt=args.negative_prompt,
+            encoder=encoder, device=args.device, dtype=DTYPES[args.dtype],
+        )
+        return LoadedModel(
+            dynamics, encoder, lambda seed: embedded.embedded_noise(seed, dynamics), lambda steps, _: embedded.embedded_grid(steps),
+            embedded.to_image, lambda seeds, seed: embedded.embedded_bench_model(dynamics, seeds=seeds, seed=seed),
+            EMBEDDED_BENCH, EMBEDDED_QUICK,
+        )
+    say(f"loading {args.model} ({args.dtype} on {args.device})")
+    pipeline = load_pipeline(args.model, dtype=args.dtype, device=args.device, t5=not args.no_t5)
+    dynamics = SD3Dynamics.from_pipeline(
+        pipeline, guidance_scale=CHECKPOINT_GUIDANCE if args.guidance is None else args.guidance,
+        negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length, name=Path(args.model).name,
+    )
+    encoder: TextEncoder = MiniLMEncoder() if args.encoder == "minilm" else SD3PooledEncoder(pipeline)
+    shape = latent_shape(pipeline, args.height, args.width)
+    return LoadedModel(
+        dynamics, encoder, lambda seed: noise_latents(shape, seed, dtype=dynamics.dtype, device=dynamics.device),
+        lambda steps, noise: pipeline_grid(pipeline, steps, noise), lambda x: decode(pipeline.vae, x),
+        lambda seeds, seed: sd3_model(pipeline, dynamics, seeds=seeds, seed=seed, height=args.height, width=args.width),
+        CHECKPOINT_BENCH, CHECKPOINT_QUICK,
+    )
 
 
 class _Progress:
@@ -54,44 +132,31 @@ class _Progress:
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Run ``flowctl sd3 <args.sd3_command>``; raises FlowctlError on bad input (checked before
-    the checkpoint is loaded where it can be)."""
+    """Run ``flowctl <args.command>`` on ``args.model``; raises FlowctlError on bad input
+    (checked before the model is loaded where it can be)."""
     say = lambda line: print(line, file=err, flush=True)  # noqa: E731
     policy = get_policy(args.policy)
-    if args.sd3_command == "bench":
-        config = BenchConfig(
-            steps=args.steps, seeds=args.seeds, seed=args.seed, pairs_per_bucket=args.pairs_per_bucket, policy=args.policy,
-            strategies=tuple(m.strip() for m in args.methods.split(",") if m.strip()), shooting_iterations=args.shooting_iterations,
-            sweep_pairs=args.sweep_pairs, repeats=args.repeats,
-        )
-    elif not args.prompt.strip():
-        raise InvalidArgumentError("--prompt", "must not be empty")
-    strategy = None
-
-    say(f"loading {args.model} ({args.dtype} on {args.device})")
-    pipeline = load_pipeline(args.model, dtype=args.dtype, device=args.device, t5=not args.no_t5)
-    dynamics = SD3Dynamics.from_pipeline(
-        pipeline, guidance_scale=args.guidance, negative_prompt=args.negative_prompt,
-        max_sequence_length=args.max_sequence_length, name=Path(args.model).name,
-    )
-    encoder: TextEncoder = SD3PooledEncoder(pipeline) if args.encoder == "sd3" else MiniLMEncoder()
-    if args.sd3_command == "bench":
-        model = sd3_model(pipeline, dynamics, seeds=config.seeds, seed=config.seed, height=args.height, width=args.width)
-        result = run_benchmark(config, model=model, encoder=encoder, progress=say)
-        for path in write_outputs(result, args.out).values():
-            say(f"wrote {path}")
-        print(markdown(result), file=out)
+    if args.command != "bench":
+        check_prompts([args.prompt])
+        disk = open_existing(args.cache, option="--cache") if args.command == "continue" else None  # generate makes one
+    loaded = load_model(args, say)
+    dynamics = loaded.dynamics
+    if args.command == "bench":
+        config = bench_config(args, loaded.bench_defaults, loaded.quick)
+        result = run_benchmark(config, model=loaded.bench_model(config.seeds, config.seed), encoder=loaded.encoder, progress=say)
+        report(result, args.out)
         return 0
-    if args.sd3_command == "continue":
-        patch = pipeline.transformer.config.patch_size
-        strategy = make_strategy(args.strategy, shooting_iterations=args.shooting_iterations, patch_size=patch)
+    strategy = None
+    if args.command == "continue":
+        iterations = {} if args.shooting_iterations is None else {"shooting_iterations": args.shooting_iterations}
+        strategy = make_strategy(args.strategy, patch_size=dynamics.transformer.config.patch_size, **iterations)
 
-    noise, state = noise_latents(latent_shape(pipeline, args.height, args.width), args.seed, dtype=dynamics.dtype, device=dynamics.device)
-    grid = pipeline_grid(pipeline, args.steps, noise)
-    store = CacheStore(dynamics.device, disk=DiskStore(args.cache))
-    with tqdm(desc=args.sd3_command, unit="eval", file=err, total=None) as bar:
+    noise, state = loaded.noise(args.seed)
+    grid = loaded.grid(args.steps, noise)
+    store = CacheStore(dynamics.device, disk=disk or DiskStore(args.cache))
+    with tqdm(desc=args.command, unit="eval", file=err, total=None) as bar:
         model = _Progress(dynamics, bar)
-        cached = CachedGenerator(model, encoder, store, grid, policy=policy, namespace=args.namespace, guidance=args.guidance)
+        cached = CachedGenerator(model, loaded.encoder, store, grid, policy=policy, namespace=args.namespace, guidance=dynamics.prompts.guidance_scale)
         start = time.perf_counter()
         if strategy is None:
             summary = _generate(cached, model, args.prompt, noise, state)
@@ -99,8 +164,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             summary = _continue(cached, args.prompt, noise, state, strategy)
         summary["seconds"] = time.perf_counter() - start
     final = summary.pop("final")
-    to_pil(decode(pipeline.vae, final))[0].save(args.out)
-    summary |= {"prompt": args.prompt, "model": dynamics.fingerprint, "steps": grid.steps, "guidance": args.guidance, "image": str(args.out)}
+    to_pil(loaded.to_image(final))[0].save(args.out)
+    summary |= {"prompt": args.prompt, "model": dynamics.fingerprint, "steps": grid.steps,
+                "guidance": dynamics.prompts.guidance_scale, "image": str(args.out)}
     print(json.dumps(summary, indent=2), file=out)
     return 0
 

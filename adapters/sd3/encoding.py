@@ -6,6 +6,8 @@
 - :class:`SD3PooledEncoder`: a :class:`flowctl.text.TextEncoder` whose embedding is SD3's pooled
   CLIP embedding (CLIP-L's and CLIP-G's projected pooled outputs, concatenated, as the pipeline
   builds ``pooled_prompt_embeds``), unit-normalised. It runs the two CLIP encoders only, not T5.
+- :class:`MiniLMPromptEncoder`: a prompt -> :class:`SD3Condition` through all-MiniLM-L6-v2, the
+  conditioning of the embedded shapes model (:mod:`flowctl.adapters.sd3.embedded`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from flowctl._checks import check_int, check_real
 from flowctl.errors import InvalidArgumentError
-from flowctl.text import check_prompts
+from flowctl.text import MiniLMEncoder, check_prompts
 
 from .dynamics import SD3Condition, weight_checksum
 from .errors import MissingTextEncoderError
@@ -110,3 +112,42 @@ class SD3PooledEncoder:
 
     def __repr__(self) -> str:
         return f"SD3PooledEncoder(name={self.name!r}, dim={self.dim})"
+
+
+class MiniLMPromptEncoder:
+    """A prompt's :class:`SD3Condition` from all-MiniLM-L6-v2, as the embedded model was trained
+    (``python -m flowctl.adapters.sd3.train``): token embeddings are MiniLM's last hidden states,
+    zero at and zero-padded to ``tokens`` positions; pooled is the unit sentence embedding
+    (:meth:`flowctl.text.MiniLMEncoder.encode_tokens`). The negative prompt under guidance is
+    encoded the same way ("" is the unconditional condition the model was trained with).
+
+    Args:
+        encoder: the MiniLM encoder (shared with the cache's similarity look-up).
+        tokens: text positions the transformer was trained with.
+        guidance_scale: classifier-free guidance scale of the conditions (on when > 1).
+        negative_prompt: the negative prompt under guidance.
+        dtype, device: of the conditions (the transformer's).
+    """
+
+    def __init__(self, encoder: MiniLMEncoder, *, tokens: int, guidance_scale: float, negative_prompt: str = "",
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        if not isinstance(negative_prompt, str):
+            raise InvalidArgumentError("negative_prompt", f"expected a string, got {type(negative_prompt).__name__}")
+        self.encoder = encoder
+        self.tokens = check_int("tokens", tokens, minimum=1)
+        self.guidance_scale = check_real("guidance_scale", guidance_scale)
+        self.negative_prompt = negative_prompt
+        self.dtype, self.device = dtype, torch.device(device)
+        self._negative: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=self.device, dtype=self.dtype)
+
+    def encode(self, prompt: str) -> SD3Condition:
+        (prompt,) = check_prompts([prompt])
+        tok, pooled = self.encoder.encode_tokens([prompt], self.tokens)
+        if self.guidance_scale <= 1:
+            return SD3Condition(self._cast(tok), self._cast(pooled), guidance_scale=self.guidance_scale)
+        if self._negative is None:
+            self._negative = tuple(self._cast(t) for t in self.encoder.encode_tokens([self.negative_prompt], self.tokens))
+        return SD3Condition(self._cast(tok), self._cast(pooled), *self._negative, guidance_scale=self.guidance_scale)

@@ -16,8 +16,9 @@ Everything is deterministic in ``--seed`` and the flags (on one torch build and 
 data, captions, noise, sigmas, condition drops and initialisation. ``--minutes`` is a safety cap
 only: the LR schedule follows ``--steps``, and a run cut short by the cap is marked as such.
 
-Outputs in ``--out``: ``transformer/`` (diffusers ``save_pretrained``: config.json +
-diffusion_pytorch_model.safetensors, the EMA weights when ``--ema`` > 0, else the raw weights),
+Outputs in ``--out``, the layout of :data:`flowctl.adapters.sd3.embedded.WEIGHTS`: diffusers'
+``save_pretrained`` files (config.json + diffusion_pytorch_model.safetensors, the EMA weights when
+``--ema`` > 0, else the raw weights),
 ``train.json`` (settings, timings, loss log, text-encoding convention) and, with
 ``--sample-prompts``, ``samples.png`` (one row per prompt, Euler through SD3Dynamics).
 
@@ -44,23 +45,20 @@ DEFAULT_PROMPTS = (
     "a large yellow star on a black background",
     "a small green triangle at the top left on a white background",
     "a large white square on a purple background",
-    "a small blue ring on the left and a large orange cross on the right on a gray background",
+    "a small blue square on the left on a gray background at night",
     "a large pink hexagon on a green background",
 )
-
-
-# ----------------------------------------------------------------------------- text
 
 
 # ----------------------------------------------------------------------------- data
 
 
-def make_dataset(count: int, seed: int):
-    """``(images (N, 3, 32, 32) in [-1, 1], captions)`` from ``flowctl.systems.shapes.captioned_shapes``
-    (swap in ``flowctl.data.shapes_dataset`` here once it exists)."""
-    from flowctl.systems.shapes import captioned_shapes
+def make_dataset(count: int, seed: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """``(images (N, 3, 32, 32) in [-1, 1], captions)``: :class:`flowctl.data.shapes_dataset.ShapesDataset`."""
+    from flowctl.data.shapes_dataset import ShapesDataset
 
-    return captioned_shapes(count, size=32, seed=seed)
+    data = ShapesDataset(count, seed=seed, size=32)
+    return data.images(), data.captions
 
 
 # ----------------------------------------------------------------------------- model
@@ -101,34 +99,22 @@ def lr_at(step: int, args) -> float:
 # ----------------------------------------------------------------------------- sampling
 
 
-def shifted_sigmas(steps: int, shift: float) -> torch.Tensor:
-    """FlowMatchEulerDiscreteScheduler's grid: linspace(1, 1/1000 ..) shifted, then 0."""
-    from adapters.sd3.loop import scheduler_grid  # noqa: F401  (keeps the import path honest)
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
-    sched.set_timesteps(steps)
-    return sched.sigmas.float()
-
-
 @torch.no_grad()
-def sample(transformer, encoder, prompts, *, tokens: int, per_prompt: int, steps: int, shift: float,
+def sample(transformer, encoder: MiniLMEncoder, prompts, *, tokens: int, per_prompt: int, steps: int, shift: float,
            guidance: float, seed: int) -> torch.Tensor:
-    """Euler samples through ``SD3Dynamics``: ``(len(prompts), per_prompt, 3, 32, 32)``."""
-    from flowctl.adapters.sd3 import SD3Condition, SD3Dynamics
+    """Euler samples through ``SD3Dynamics`` on the embedded model's grid: ``(len(prompts), per_prompt, 3, 32, 32)``."""
+    from flowctl.adapters.sd3 import SD3Dynamics
+    from flowctl.adapters.sd3.embedded import embedded_grid
+    from flowctl.adapters.sd3.encoding import MiniLMPromptEncoder
+    from flowctl.sampling import integrate
 
-    transformer.eval()
-    dyn = SD3Dynamics(transformer, name="tiny-shapes")
-    tok, pooled = encoder.encode_tokens(prompts, tokens)
-    neg_tok, neg_pooled = encoder.encode_tokens([""], tokens)
-    sigmas = shifted_sigmas(steps, shift)
+    prompt_encoder = MiniLMPromptEncoder(encoder, tokens=tokens, guidance_scale=guidance)
+    dynamics = SD3Dynamics(transformer.eval(), name="training", prompts=prompt_encoder)
+    grid = embedded_grid(steps, shift)
     rows = []
-    for p in range(len(prompts)):
-        cond = SD3Condition(tok[p : p + 1], pooled[p : p + 1], neg_tok, neg_pooled, guidance_scale=guidance).repeat(per_prompt)
+    for p, prompt in enumerate(prompts):
         x = torch.randn(per_prompt, 3, 32, 32, generator=torch.Generator().manual_seed(seed + p))
-        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-            x = x + (s_next - s) * dyn.velocity(x, s, cond)
-        rows.append(x.clamp(-1, 1))
+        rows.append(integrate(dynamics, x, grid, dynamics.condition(prompt).repeat(per_prompt), keep="final").final.clamp(-1, 1))
     return torch.stack(rows)
 
 
@@ -164,7 +150,7 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--patch", type=int, default=4, choices=(1, 2, 4, 8))
     p.add_argument("--qk-norm", action="store_true")
-    p.add_argument("--init", type=Path, default=None, help="start from a saved transformer/ folder (its config must match)")
+    p.add_argument("--init", type=Path, default=None, help="start from a saved model folder (its config must match)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--sample-prompts", type=str, nargs="*", default=None, help="prompts for samples.png (none given: defaults)")
     p.add_argument("--no-sample", action="store_true")
@@ -284,7 +270,7 @@ def main(argv=None) -> int:
             for p, e in zip(model.parameters(), ema):
                 p.copy_(e)
     model.eval()
-    model.save_pretrained(args.out / "transformer", safe_serialization=True)
+    model.save_pretrained(args.out, safe_serialization=True)
 
     sample_s = None
     if not args.no_sample:

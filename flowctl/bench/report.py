@@ -65,7 +65,7 @@ def aggregate(runs: Iterable[Run], steps: int) -> list[dict]:
             "speedup_nfe": _median(r.speedup_nfe(steps) for r in rs) if method != NOOP else math.nan,
             "psnr": _mean(r.psnr for r in rs),
             "ssim": _mean(r.ssim for r in rs),
-            "adherence": _mean(r.adherence for r in rs),
+            "adherence": _mean(r.adherence for r in rs if not math.isnan(r.adherence)),
             "fewer_steps_psnr": _mean(r.fewer_steps_psnr for r in rs if r.fewer_steps_psnr is not None),
             "direct_psnr": _mean(r.direct_psnr for r in rs if r.direct_psnr is not None),
             "statuses": sorted({r.status for r in rs}),
@@ -152,7 +152,7 @@ def markdown(result: BenchResult) -> str:
         "",
         f"Model `{result.model}`; text encoder {result.encoder}; {c.steps} Euler steps, shift {c.shift:g}; "
         f"policy `{c.policy}`; {c.seeds} seeds per pair; {len(result.pairs)} prompt pairs. PSNR and SSIM to B "
-        f"from scratch from the same noise (data range 2); adherence = log p_B(x) - log p_A(x) in nats. "
+        f"from scratch from the same noise (data range 2); {result.adherence_note or 'no adherence measure'}. "
         f"Cost of a model call relative to a forward one: "
         + ", ".join(f"{k} {v:.2f}" for k, v in cost.items())
         + f". Times are medians; speedup = B from scratch / (look-up + planning + continuation). "
@@ -171,7 +171,7 @@ def markdown(result: BenchResult) -> str:
             lines.append(
                 f"| {r['method']} | {kh} | {r['planning_ms']:.1f} | {_nfe_text(r['nfe'])} | {r['nfe_equivalents']:.1f} "
                 f"| {r['time_ms']:.1f} | {_x(r['speedup'])} | {_x(r['speedup_nfe'])} | {_db(r['psnr'])} | {r['ssim']:.4f} "
-                f"| {r['adherence']:.2f} | {_db(r['fewer_steps_psnr'])} | {', '.join(r['statuses'])} |"
+                f"| {_db(r['adherence'])} | {_db(r['fewer_steps_psnr'])} | {', '.join(r['statuses'])} |"
             )
     lines += [
         "",
@@ -231,6 +231,7 @@ def to_json(result: BenchResult) -> dict:
         "config": asdict(result.config),
         "encoder": result.encoder,
         "model": result.model,
+        "adherence": result.adherence_note,
         "cost": result.cost,
         "seconds": result.seconds,
         "pairs": [asdict(p) for p in result.pairs],

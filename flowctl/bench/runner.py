@@ -115,8 +115,9 @@ class BenchModel:
         noise: the starting noise at sigma = 1, one sample per seed (the batch).
         grid_for: the sampler's grid for a number of steps (B from scratch in fewer steps too).
         to_image: the model's output -> images in [-1, 1] (a VAE decode for a latent model).
-        adherence: ``(x, cond_a, cond_b) -> (batch,)``, how much likelier x is under B than A;
-            None where the model has no density.
+        adherence: ``(x, prompt_a, prompt_b) -> (batch,)``, how well each output shows prompt
+            B (the mixture: log p_B(x) - log p_A(x)); None where the model has no such measure.
+        adherence_note: what ``adherence`` measures, in its units (for the report).
         derivatives: a context manager entered around everything that differentiates the model
             (an attention-kernel switch for a transformer; no-op by default).
         guidance: classifier-free guidance scale, part of the cache key.
@@ -128,7 +129,8 @@ class BenchModel:
     noise: torch.Tensor
     grid_for: Callable[[int], SigmaGrid]
     to_image: Callable[[torch.Tensor], torch.Tensor] = _identity
-    adherence: Callable[[torch.Tensor, object, object], torch.Tensor] | None = None
+    adherence: Callable[[torch.Tensor, str, str], torch.Tensor] | None = None
+    adherence_note: str = ""
     derivatives: Callable[[], AbstractContextManager] = nullcontext
     guidance: float = 0.0
     mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None
@@ -139,8 +141,9 @@ def mixture_model(config: BenchConfig, encoder: TextEncoder) -> BenchModel:
     ``config.size``), ``config.seeds`` noise samples, SD3's grid with ``config.shift``."""
     model = PromptedMixtureFlow(encoder, components=config.components, size=config.size)
     noise = torch.randn((config.seeds, *model.event_shape), generator=torch.Generator().manual_seed(config.seed))
-    adherence = lambda x, a, b: model.log_prob(x, b) - model.log_prob(x, a)  # noqa: E731
-    return BenchModel(model, noise, lambda steps: SigmaGrid.create(steps, config.shift), adherence=adherence)
+    adherence = lambda x, a, b: model.log_prob(x, model.condition(b)) - model.log_prob(x, model.condition(a))  # noqa: E731
+    return BenchModel(model, noise, lambda steps: SigmaGrid.create(steps, config.shift), adherence=adherence,
+                      adherence_note="adherence = log p_B(x) - log p_A(x) in nats")
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ class BenchResult:
         runs: every measured run.
         images: per bucket, (row labels, images (3, S, S)) of seed 0 of its first pair.
         seconds: the benchmark's own wall time.
+        adherence_note: what the adherence figures measure (the model's).
     """
 
     config: BenchConfig
@@ -218,6 +222,7 @@ class BenchResult:
     runs: tuple[Run, ...]
     images: dict[str, tuple[tuple[str, ...], torch.Tensor]] = field(default_factory=dict)
     seconds: float = 0.0
+    adherence_note: str = ""
 
 
 def run_benchmark(
@@ -264,7 +269,8 @@ def run_benchmark(
                 shown = torch.stack([model.to_image(f[:1])[0] for f in finals.values()])
                 images[pair.bucket] = (tuple(finals), shown.float().cpu())
     fingerprint = model.model.fingerprint
-    return BenchResult(config, encoder.name, fingerprint, pairs, bench.cost, tuple(runs), images, time.perf_counter() - started)
+    return BenchResult(config, encoder.name, fingerprint, pairs, bench.cost, tuple(runs), images, time.perf_counter() - started,
+                       model.adherence_note)
 
 
 def _select(pairs: Sequence[PromptPair], per_bucket: int | None) -> list[PromptPair]:
@@ -316,13 +322,13 @@ class _Bench:
     def pair(self, index: int, pair: PromptPair, step: int | None, sweep: bool) -> tuple[list[Run], dict[str, torch.Tensor]]:
         """Every method on one pair, at the policy's resume step (``step`` None) or at ``step``."""
         c, g, n = self.config, self.generator, self.grid.steps
-        cond_a, cond_b = self.model.condition(pair.a), self.model.condition(pair.b)
+        cond_b = self.model.condition(pair.b)
         e = g.encoder.encode([pair.a, pair.b])
         similarity = float(e[0] @ e[1])
         reference = self.scratch_memo(pair.b, n)
         _, scratch = _median_time(lambda: self.scratch(pair.b, n), c.repeats)
         lookup, lookup_time = _median_time(lambda: g.lookup(pair.b, self.noise), c.repeats)
-        score = _Scorer(self.bench, reference, cond_a, cond_b)
+        score = _Scorer(self.bench, reference, pair)
         base = dict(pair=index, bucket=pair.bucket, similarity=similarity, sweep=sweep, scratch=scratch, lookup=lookup_time)
         if not lookup.hit:
             return [Run(MISS, lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
@@ -360,14 +366,14 @@ class _Bench:
 class _Scorer:
     """PSNR and SSIM of the images to the reference's, and adherence, means over the seeds."""
 
-    def __init__(self, bench: BenchModel, reference: torch.Tensor, cond_a: object, cond_b: object):
-        self.bench, self.cond_a, self.cond_b = bench, cond_a, cond_b
+    def __init__(self, bench: BenchModel, reference: torch.Tensor, pair: PromptPair):
+        self.bench, self.pair = bench, pair
         self.reference = bench.to_image(reference).float()
 
     def __call__(self, x: torch.Tensor) -> dict[str, float]:
         image = self.bench.to_image(x).float()
         window = min(SSIM_WINDOW, *image.shape[-2:])
-        adherence = math.nan if self.bench.adherence is None else float(self.bench.adherence(x, self.cond_a, self.cond_b).mean())
+        adherence = math.nan if self.bench.adherence is None else float(self.bench.adherence(x, self.pair.a, self.pair.b).mean())
         return {
             "psnr": float(metrics.psnr(image, self.reference, data_range=DATA_RANGE).mean()),
             "ssim": float(metrics.ssim(image, self.reference, data_range=DATA_RANGE, window_size=window).mean()),

@@ -10,11 +10,12 @@ from .disk import DiskStore
 from .entry import CacheEntry, IndexRecord
 
 
-def open_existing(directory: str | Path) -> DiskStore:
-    """The store in ``directory``, which must exist (a typo must not create an empty cache)."""
+def open_existing(directory: str | Path, option: str = "--dir") -> DiskStore:
+    """The store in ``directory``, which must exist (a typo must not create an empty cache);
+    ``option`` names the directory's command-line option in the error."""
     path = Path(directory)
     if not path.is_dir():
-        raise InvalidArgumentError("--dir", f"no cache directory at {str(path)!r}")
+        raise InvalidArgumentError(option, f"no cache directory at {str(path)!r}")
     return DiskStore(path)
 
 
