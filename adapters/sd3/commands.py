@@ -32,8 +32,8 @@ from flowctl.cache.inspect import open_existing
 from flowctl.cli import bench_config, report
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
-from flowctl.text import MiniLMEncoder, TextEncoder, check_prompts
-from flowctl.transitions import Strategy
+from flowctl.text import MiniLMEncoder, TextEncoder
+from flowctl.transitions import STRATEGY_NAMES, Strategy
 
 from . import embedded
 from .bench import sd3_model
@@ -45,10 +45,15 @@ from .strategies import make_strategy
 
 CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
 # The benchmark's defaults on each model (BenchConfig's fields), before the command line's options.
-EMBEDDED_BENCH = BenchConfig()
-EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1, shooting_iterations=1)
-CHECKPOINT_BENCH = BenchConfig(seeds=1, pairs_per_bucket=1, sweep_pairs=0, repeats=1, shooting_iterations=2,
-                               strategies=("direct", "linear", "sigmoid", "closed-form"))
+# The embedded model's fit `make demo` into 10 minutes on 2 cores: the planners (about 50 s a pair
+# at one Levenberg-Marquardt iteration) run at the policy's step, the cheap strategies also over
+# the sweep; --methods adds multiple-shooting and velocity-shooting.
+CHEAP = ("direct", "linear", "sigmoid", "closed-form")
+EMBEDDED_BENCH = BenchConfig(seeds=2, pairs_per_bucket=2, shooting_iterations=1, repeats=3, sweep_pairs=2,
+                             strategies=(*CHEAP, "shooting", "mpc"), sweep_strategies=CHEAP)
+EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1,
+                      strategies=STRATEGY_NAMES, sweep_strategies=None)
+CHECKPOINT_BENCH = BenchConfig(seeds=1, pairs_per_bucket=1, sweep_pairs=0, repeats=1, shooting_iterations=2, strategies=CHEAP)
 CHECKPOINT_QUICK = dict(steps=8)
 
 
@@ -58,6 +63,7 @@ class LoadedModel:
 
     Attributes:
         dynamics: the guided velocity, with its prompt encoder.
+        guidance: its classifier-free guidance scale (part of the cache key).
         encoder: the cache's similarity key.
         noise: seed -> (starting noise (1, C, h, w), the generator's state before the draw).
         grid: (steps, noise) -> the sampler's sigma grid.
@@ -67,6 +73,7 @@ class LoadedModel:
     """
 
     dynamics: SD3Dynamics
+    guidance: float
     encoder: TextEncoder
     noise: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
     grid: Callable[[int, torch.Tensor], SigmaGrid]
@@ -88,25 +95,26 @@ def load_model(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedMo
             raise InvalidArgumentError("--dtype", "float16 needs a CUDA device")
         encoder = MiniLMEncoder()
         say(f"loading the embedded model ({args.dtype} on {args.device})")
+        guidance = embedded.GUIDANCE if args.guidance is None else args.guidance
         dynamics = embedded.load_embedded(
-            guidance_scale=embedded.GUIDANCE if args.guidance is None else args.guidance, negative_prompt=args.negative_prompt,
-            encoder=encoder, device=args.device, dtype=DTYPES[args.dtype],
+            guidance_scale=guidance, negative_prompt=args.negative_prompt, encoder=encoder, device=args.device, dtype=DTYPES[args.dtype],
         )
         return LoadedModel(
-            dynamics, encoder, lambda seed: embedded.embedded_noise(seed, dynamics), lambda steps, _: embedded.embedded_grid(steps),
+            dynamics, guidance, encoder, lambda seed: embedded.embedded_noise(seed, dynamics), lambda steps, _: embedded.embedded_grid(steps),
             embedded.to_image, lambda seeds, seed: embedded.embedded_bench_model(dynamics, seeds=seeds, seed=seed),
             EMBEDDED_BENCH, EMBEDDED_QUICK,
         )
     say(f"loading {args.model} ({args.dtype} on {args.device})")
     pipeline = load_pipeline(args.model, dtype=args.dtype, device=args.device, t5=not args.no_t5)
+    guidance = CHECKPOINT_GUIDANCE if args.guidance is None else args.guidance
     dynamics = SD3Dynamics.from_pipeline(
-        pipeline, guidance_scale=CHECKPOINT_GUIDANCE if args.guidance is None else args.guidance,
+        pipeline, guidance_scale=guidance,
         negative_prompt=args.negative_prompt, max_sequence_length=args.max_sequence_length, name=Path(args.model).name,
     )
     encoder: TextEncoder = MiniLMEncoder() if args.encoder == "minilm" else SD3PooledEncoder(pipeline)
     shape = latent_shape(pipeline, args.height, args.width)
     return LoadedModel(
-        dynamics, encoder, lambda seed: noise_latents(shape, seed, dtype=dynamics.dtype, device=dynamics.device),
+        dynamics, guidance, encoder, lambda seed: noise_latents(shape, seed, dtype=dynamics.dtype, device=dynamics.device),
         lambda steps, noise: pipeline_grid(pipeline, steps, noise), lambda x: decode(pipeline.vae, x),
         lambda seeds, seed: sd3_model(pipeline, dynamics, seeds=seeds, seed=seed, height=args.height, width=args.width),
         CHECKPOINT_BENCH, CHECKPOINT_QUICK,
@@ -137,7 +145,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     say = lambda line: print(line, file=err, flush=True)  # noqa: E731
     policy = get_policy(args.policy)
     if args.command != "bench":
-        check_prompts([args.prompt])
+        if not args.prompt.strip():
+            raise InvalidArgumentError("prompt", "must not be empty")
         disk = open_existing(args.cache, option="--cache") if args.command == "continue" else None  # generate makes one
     loaded = load_model(args, say)
     dynamics = loaded.dynamics
@@ -156,7 +165,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     store = CacheStore(dynamics.device, disk=disk or DiskStore(args.cache))
     with tqdm(desc=args.command, unit="eval", file=err, total=None) as bar:
         model = _Progress(dynamics, bar)
-        cached = CachedGenerator(model, loaded.encoder, store, grid, policy=policy, namespace=args.namespace, guidance=dynamics.prompts.guidance_scale)
+        cached = CachedGenerator(model, loaded.encoder, store, grid, policy=policy, namespace=args.namespace, guidance=loaded.guidance)
         start = time.perf_counter()
         if strategy is None:
             summary = _generate(cached, model, args.prompt, noise, state)
@@ -166,7 +175,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     final = summary.pop("final")
     to_pil(loaded.to_image(final))[0].save(args.out)
     summary |= {"prompt": args.prompt, "model": dynamics.fingerprint, "steps": grid.steps,
-                "guidance": dynamics.prompts.guidance_scale, "image": str(args.out)}
+                "guidance": loaded.guidance, "image": str(args.out)}
     print(json.dumps(summary, indent=2), file=out)
     return 0
 

@@ -144,10 +144,15 @@ class MiniLMPromptEncoder:
         return t.to(device=self.device, dtype=self.dtype)
 
     def encode(self, prompt: str) -> SD3Condition:
-        (prompt,) = check_prompts([prompt])
-        tok, pooled = self.encoder.encode_tokens([prompt], self.tokens)
+        return self.encode_many([prompt])
+
+    def encode_many(self, prompts: Sequence[str]) -> SD3Condition:
+        """One condition row per prompt, in order (a batch of different prompts)."""
+        prompts = check_prompts(prompts)
+        tok, pooled = (self._cast(t) for t in self.encoder.encode_tokens(list(prompts), self.tokens))
         if self.guidance_scale <= 1:
-            return SD3Condition(self._cast(tok), self._cast(pooled), guidance_scale=self.guidance_scale)
+            return SD3Condition(tok, pooled, guidance_scale=self.guidance_scale)
         if self._negative is None:
             self._negative = tuple(self._cast(t) for t in self.encoder.encode_tokens([self.negative_prompt], self.tokens))
-        return SD3Condition(self._cast(tok), self._cast(pooled), *self._negative, guidance_scale=self.guidance_scale)
+        negative = (t.expand(len(prompts), *t.shape[1:]) for t in self._negative)
+        return SD3Condition(tok, pooled, *negative, guidance_scale=self.guidance_scale)

@@ -60,6 +60,8 @@ class BenchConfig:
         shooting_iterations: Levenberg-Marquardt budget of every shooting plan.
         components, size: the default model's captioned images (K of 3 x size x size).
         strategies: the strategies run, by name (:data:`flowctl.transitions.STRATEGY_NAMES`).
+        sweep_strategies: the strategies also run at the sweep's points, if in ``strategies``
+            (None: all of them).
     """
 
     steps: int = 28
@@ -75,6 +77,7 @@ class BenchConfig:
     components: int = 96
     size: int = 32
     strategies: tuple[str, ...] = STRATEGY_NAMES
+    sweep_strategies: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps, minimum=4)
@@ -94,6 +97,8 @@ class BenchConfig:
         if not self.strategies:
             raise InvalidArgumentError("strategies", "expected at least one strategy")
         for name in self.strategies:
+            make_strategy(name)
+        for name in self.sweep_strategies or ():
             make_strategy(name)
 
     def methods(self, mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None) -> tuple[Strategy, ...]:
@@ -299,6 +304,8 @@ class _Bench:
         self.config, self.bench, self.grid, self.generator = config, bench, grid, generator
         self.model, self.noise = bench.model, bench.noise
         self.methods = config.methods(bench.mpc_jacobian)
+        swept = config.strategies if config.sweep_strategies is None else config.sweep_strategies
+        self.sweep_methods = tuple(m for name, m in zip(config.strategies, self.methods) if name in swept)
         with bench.derivatives():
             self.cost = _call_costs(self.model, self.noise, self.model.condition("a shape"))
         self._fewer: dict[tuple[str, int], torch.Tensor] = {}
@@ -341,7 +348,7 @@ class _Bench:
         runs = [Run(NOOP, nfe={}, nfe_equivalents=0.0, seconds=0.0, planning=0.0, **score(a_final), **base)]
         finals = {"A (cached prompt)": a_final, "B reference": reference}
         direct_psnr = None
-        for method in self.methods:
+        for method in self.sweep_methods if sweep else self.methods:
             cheap = not isinstance(method, (Shooting, ShootingMPC))
             with nullcontext() if cheap else self.bench.derivatives():
                 result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)

@@ -77,9 +77,9 @@ class AttributeClassifier(nn.Module):
         finally:
             self.train(was_training)
 
-    def adherence(self, images: torch.Tensor, attributes: Sequence[Attributes] | Attributes) -> torch.Tensor:
-        """Per image, the fraction in [0, 1] of its prompt's six attributes the classifier sees
-        in it: (N,). ``attributes`` is one per image, or one for all."""
+    def matches(self, images: torch.Tensor, attributes: Sequence[Attributes] | Attributes) -> torch.Tensor:
+        """Whether the classifier sees each attribute of each image's prompt: (6, N) bool, rows in
+        :data:`VOCABULARIES` order. ``attributes`` is one per image, or one for all."""
         images = self._check(images)
         if isinstance(attributes, Attributes):
             attributes = (attributes,) * len(images)
@@ -87,7 +87,12 @@ class AttributeClassifier(nn.Module):
             raise ShapeError("attributes", f"expected {len(images)} (one per image), got {len(attributes)}")
         if not all(isinstance(a, Attributes) for a in attributes):
             raise InvalidArgumentError("attributes", "expected Attributes")
-        return _matches(self.predict(images), attributes).float().mean(0)
+        return _matches(self.predict(images), attributes)
+
+    def adherence(self, images: torch.Tensor, attributes: Sequence[Attributes] | Attributes) -> torch.Tensor:
+        """Per image, the fraction in [0, 1] of its prompt's six attributes the classifier sees
+        in it: (N,)."""
+        return self.matches(images, attributes).float().mean(0)
 
     def save(self, path: str | Path) -> None:
         """Write the weights and :attr:`metadata` (each value JSON-encoded) to ``path``."""
