@@ -19,7 +19,6 @@ import torch
 pytest.importorskip("diffusers")
 
 from flowctl.adapters.sd3 import (  # noqa: E402
-    STRATEGY_NAMES,
     CheckpointError,
     CheckpointNotFoundError,
     DeviceMemoryError,
@@ -280,9 +279,6 @@ def test_make_strategy_names():
     assert isinstance(make_strategy("shooting"), MathAttention) and isinstance(make_strategy("mpc").strategy, ShootingMPC)
     with pytest.raises(UnknownNameError):
         make_strategy("teleport")
-    from flowctl.cli import SD3_STRATEGIES
-
-    assert SD3_STRATEGIES == STRATEGY_NAMES
 
 
 # --- typed errors ---------------------------------------------------------------------------------

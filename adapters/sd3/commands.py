@@ -139,9 +139,10 @@ class _Progress:
         return self.dynamics.velocity(x, t, cond)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run ``flowctl <args.command>`` on ``args.model``; raises FlowctlError on bad input
     (checked before the model is loaded where it can be)."""
+    out, err = out or sys.stdout, err or sys.stderr
     say = lambda line: print(line, file=err, flush=True)  # noqa: E731
     policy = get_policy(args.policy)
     if args.command != "bench":
