@@ -37,7 +37,7 @@ from flowctl.transitions import STRATEGY_NAMES, Strategy
 
 from . import embedded
 from .bench import sd3_model
-from .checkpoint import DTYPES, load_pipeline
+from .checkpoint import load_pipeline, parse_device, torch_dtype
 from .dynamics import SD3Condition, SD3Dynamics
 from .encoding import SD3PooledEncoder
 from .loop import decode, denoise, latent_shape, noise_latents, pipeline_grid, to_pil
@@ -91,13 +91,13 @@ def load_model(args: argparse.Namespace, say: Callable[[str], None]) -> LoadedMo
                 raise InvalidArgumentError(f"--{option}", f"the embedded model makes {embedded.SHAPE[1]} x {embedded.SHAPE[2]} images")
         if args.encoder == "sd3":
             raise InvalidArgumentError("--encoder", "the embedded model has no SD3 text encoders; its similarity encoder is MiniLM")
-        if args.dtype == "float16" and not args.device.startswith("cuda"):
-            raise InvalidArgumentError("--dtype", "float16 needs a CUDA device")
+        device = parse_device(args.device)
+        dtype = torch_dtype(args.dtype, device)
         encoder = MiniLMEncoder()
         say(f"loading the embedded model ({args.dtype} on {args.device})")
         guidance = embedded.GUIDANCE if args.guidance is None else args.guidance
         dynamics = embedded.load_embedded(
-            guidance_scale=guidance, negative_prompt=args.negative_prompt, encoder=encoder, device=args.device, dtype=DTYPES[args.dtype],
+            guidance_scale=guidance, negative_prompt=args.negative_prompt, encoder=encoder, device=device, dtype=dtype,
         )
         return LoadedModel(
             dynamics, guidance, encoder, lambda seed: embedded.embedded_noise(seed, dynamics), lambda steps, _: embedded.embedded_grid(steps),
