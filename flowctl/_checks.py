@@ -10,8 +10,9 @@ import torch
 from .errors import InvalidArgumentError, NonFiniteError, ShapeError
 
 
-def check_tensor(name: str, x: object, *, ndim_min: int = 0) -> torch.Tensor:
-    """Return ``x`` if it is a finite floating-point tensor with at least ``ndim_min`` axes."""
+def check_tensor(name: str, x: object, *, ndim_min: int = 0, finite: bool = True) -> torch.Tensor:
+    """Return ``x`` if it is a floating-point tensor with at least ``ndim_min`` axes, finite
+    unless ``finite=False`` (the finiteness check synchronises with the device)."""
     if not isinstance(x, torch.Tensor):
         raise InvalidArgumentError(name, f"expected a torch.Tensor, got {type(x).__name__}")
     if not (x.is_floating_point() or x.is_complex()):
@@ -20,7 +21,7 @@ def check_tensor(name: str, x: object, *, ndim_min: int = 0) -> torch.Tensor:
         raise ShapeError(name, f"expected at least {ndim_min} axes, got shape {tuple(x.shape)}")
     # A finite sum proves every entry finite (NaN and Inf propagate); only a non-finite sum,
     # which may be mere overflow, needs the exact elementwise check.
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if finite and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise NonFiniteError(name, "contains NaN or Inf")
     return x
 

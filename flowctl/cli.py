@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--max-sequence-length", type=int, default=256, help="T5 tokens of a checkpoint (default %(default)s)")
     model.add_argument("--encoder", default=None, choices=("sd3", "minilm"), help="similarity encoder: SD3's pooled CLIP (a checkpoint's default) or all-MiniLM-L6-v2 (the embedded model's)")
     model.add_argument("--policy", default="seed", help="'seed' or 'nirvana': similarity -> resume step (default %(default)s)")
-    model.add_argument("--shooting-iterations", type=int, default=None, help="planning budget of the shooting and MPC strategies")
+    model.add_argument("--shooting-iterations", type=int, default=None, help="Levenberg-Marquardt iterations of the shooting and MPC strategies at most")
+    model.add_argument("--budget", type=float, default=None, help="NFE-equivalents every planner may spend beyond its continuation (default 1)")
 
     image = argparse.ArgumentParser(add_help=False)
     image.add_argument("prompt", help="the prompt")
@@ -137,7 +138,7 @@ def bench_config(args: argparse.Namespace, defaults: BenchConfig, quick: dict) -
     config = replace(defaults, **quick) if args.quick else defaults
     given = {
         "steps": args.steps, "seeds": args.seeds, "seed": args.seed, "pairs_per_bucket": args.pairs_per_bucket,
-        "shooting_iterations": args.shooting_iterations, "sweep_pairs": args.sweep_pairs, "repeats": args.repeats,
+        "shooting_iterations": args.shooting_iterations, "budget": args.budget, "sweep_pairs": args.sweep_pairs, "repeats": args.repeats,
         "policy": args.policy,
         "strategies": None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
     }

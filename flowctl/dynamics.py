@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -18,7 +18,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ._checks import check_tensor
-from .errors import InvalidArgumentError
+from .errors import BudgetExceededError, InvalidArgumentError
+
+DEFAULT_COST: Mapping[str, float] = {"forward": 1.0, "jvp": 3.0, "vjp": 2.0}
+"""Cost of a model call by kind relative to a forward call, where none was measured (typical of
+a transformer on a CPU); pass the model's measured costs where they matter."""
 
 
 @runtime_checkable
@@ -35,16 +39,29 @@ class Dynamics(Protocol):
 
 
 class NFECounter:
-    """Counts model evaluations (NFE).
+    """Counts model evaluations (NFE), optionally under a hard budget.
 
     One call of a model's ``velocity`` on a batch is one evaluation, whatever the batch size
-    (a guided SD3 evaluation is one). Derivative products are added as their measured cost in
-    NFE-equivalents under their own kind (``add(10.3, kind="jvp")``).
+    (a guided SD3 evaluation is one). Calls are counted by kind ("forward", "jvp", "vjp");
+    :attr:`equivalents` weighs them by ``cost`` (relative to a forward call).
+
+    Args:
+        budget: NFE-equivalents the counted calls may spend (a finite number >= 0), or None for
+            no cap. A call that would go past it raises :class:`BudgetExceededError` before it
+            is counted (and, through :class:`CountedDynamics`, before it is made).
+        cost: weight of each kind, relative to a forward call (default :data:`DEFAULT_COST`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, budget: float | None = None, cost: Mapping[str, float] | None = None) -> None:
         self.by_kind: Counter[str] = Counter()
         self._kind = "forward"
+        self.budget = None if budget is None else check_budget("budget", budget)
+        self.cost = dict(DEFAULT_COST if cost is None else check_cost("cost", cost))
+
+    @property
+    def equivalents(self) -> float:
+        """The counted calls in NFE-equivalents (weighted by ``cost``)."""
+        return float(sum(n * self.cost.get(kind, 1.0) for kind, n in self.by_kind.items()))
 
     @property
     def total(self) -> float:
@@ -55,7 +72,12 @@ class NFECounter:
         """Count ``n`` evaluations of ``kind`` (default: the kind set by :meth:`counting_as`)."""
         if not (isinstance(n, (int, float)) and math.isfinite(n) and n >= 0):
             raise InvalidArgumentError("n", f"must be a finite number >= 0, got {n!r}")
-        self.by_kind[kind or self._kind] += n
+        kind = kind or self._kind
+        if self.budget is not None:
+            after = self.equivalents + n * self.cost.get(kind, 1.0)
+            if after > self.budget + 1e-9:
+                raise BudgetExceededError(f"a {kind} call would spend {after:g} of a budget of {self.budget:g} NFE-equivalents")
+        self.by_kind[kind] += n
 
     @contextmanager
     def counting_as(self, kind: str) -> Iterator[None]:
@@ -71,6 +93,23 @@ class NFECounter:
 
     def __repr__(self) -> str:
         return f"NFECounter(total={self.total:g}, by_kind={dict(self.by_kind)})"
+
+
+def check_budget(name: str, budget: object) -> float:
+    """``budget`` as a float if it is a finite number >= 0 (NFE-equivalents)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+        raise InvalidArgumentError(name, f"expected a finite number >= 0 of NFE-equivalents, got {budget!r}")
+    return float(budget)
+
+
+def check_cost(name: str, cost: object) -> Mapping[str, float]:
+    """``cost`` if it maps kinds to finite positive weights and holds "forward"."""
+    if not isinstance(cost, Mapping) or "forward" not in cost:
+        raise InvalidArgumentError(name, f"expected a mapping of call kinds to weights with 'forward', got {cost!r}")
+    for kind, w in cost.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise InvalidArgumentError(name, f"weight of {kind!r} must be a finite number > 0, got {w!r}")
+    return cost
 
 
 class CountedDynamics:

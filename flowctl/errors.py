@@ -42,3 +42,8 @@ class UnknownNameError(InvalidArgumentError):
 
 class IntegrationError(FlowctlError):
     """An integration produced a non-finite state (the dynamics diverged or returned NaN)."""
+
+
+class BudgetExceededError(FlowctlError):
+    """A counted model evaluation would take a planner past its budget of NFE-equivalents; the
+    evaluation was not made. Planners catch it, stop with status ``budget`` and say so."""

@@ -17,6 +17,8 @@ Models whose attention kernels lack forward AD (SD3 on CPU) must be wrapped by t
 
 from __future__ import annotations
 
+from collections import Counter
+
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -111,10 +113,12 @@ class JacobianEstimate:
 
 
 class _Products:
-    """JVPs and VJPs of ``f`` at ``x`` on flat vectors, counted in ``counter``."""
+    """JVPs and VJPs of ``f`` at ``x`` on flat vectors, counted in ``counter`` and in the
+    caller's ``outer`` counter before they are made (so a budgeted counter stops them)."""
 
-    def __init__(self, f: Field, x: torch.Tensor, mode: str, fd_step: float | None, chunk_size: int, counter: NFECounter):
-        self.f, self.x, self.mode, self.counter = f, x, mode, counter
+    def __init__(self, f: Field, x: torch.Tensor, mode: str, fd_step: float | None, chunk_size: int, counter: NFECounter,
+                 outer: NFECounter | None = None):
+        self.f, self.x, self.mode, self.counter, self.outer = f, x, mode, counter, outer
         self.chunk = chunk_size
         step = torch.finfo(x.dtype).eps ** (1 / 3) if fd_step is None else fd_step
         self.h_scale = step * max(1.0, float(x.abs().max()))
@@ -150,23 +154,26 @@ class _Products:
             raise NonFiniteError("f", "its derivative products contain NaN or Inf")
         return result
 
+    def _count(self, n: float, kind: str) -> None:
+        if self.outer is not None:
+            self.outer.add(n, kind=kind)
+        self.counter.add(n, kind=kind)
+
     def jvp(self, vs: torch.Tensor) -> torch.Tensor:
         """Rows ``J v_k`` for the rows v_k of ``vs`` (k, n)."""
-        with torch.no_grad():
-            out = self._map(self._jvp1, vs)
         if self.mode == "jvp":
-            self.counter.add(vs.shape[0], kind="jvp")
+            self._count(vs.shape[0], "jvp")
         else:
-            self.counter.add(2 * vs.shape[0], kind="forward")
-        return out
+            self._count(2 * vs.shape[0], "forward")
+        with torch.no_grad():
+            return self._map(self._jvp1, vs)
 
     def vjp(self, ws: torch.Tensor) -> torch.Tensor:
         """Rows ``J' w_k`` for the rows w_k of ``ws`` (k, n), sharing one linearisation."""
+        self._count(1, "forward")
+        self._count(ws.shape[0], "vjp")
         _, fn = torch.func.vjp(self._call, self.x)
-        out = self._map(lambda w: fn(w.reshape(self.x.shape))[0].reshape(-1), ws)
-        self.counter.add(1, kind="forward")
-        self.counter.add(ws.shape[0], kind="vjp")
-        return out
+        return self._map(lambda w: fn(w.reshape(self.x.shape))[0].reshape(-1), ws)
 
 
 def _check_counter(counter: object) -> None:
@@ -201,7 +208,7 @@ class _Estimator:
             raise InvalidArgumentError("f", f"expected a callable x -> v, got {type(f).__name__}")
         x = check_tensor("x", x).detach()
         _check_counter(counter)
-        return x, _Products(f, x, self.mode, self.fd_step, self.chunk_size, NFECounter())
+        return x, _Products(f, x, self.mode, self.fd_step, self.chunk_size, NFECounter(), counter)
 
     def _refuse_large(self, x: torch.Tensor) -> None:
         if x.numel() > self.max_size:
@@ -210,17 +217,13 @@ class _Estimator:
                 "use a structured estimate (DiagonalJacobian(probes=k), ColouredJacobian, LowRankJacobian)")
 
 
-def _charge(spent: NFECounter, counter: NFECounter | None) -> dict[str, float]:
-    """The cost in ``spent`` as a dict, added to the caller's ``counter``."""
-    cost = {kind: float(n) for kind, n in spent.by_kind.items()}
-    if counter is not None:
-        for kind, n in cost.items():
-            counter.add(n, kind=kind)
-    return cost
+def _cost(spent: NFECounter) -> dict[str, float]:
+    """The cost in ``spent`` as a dict (the caller's counter was charged as the products ran)."""
+    return {kind: float(n) for kind, n in spent.by_kind.items()}
 
 
 def _finish(structure: str, data: object, products: _Products, counter: NFECounter | None, index=None) -> JacobianEstimate:
-    return JacobianEstimate(structure, data, _charge(products.counter, counter), index)
+    return JacobianEstimate(structure, data, _cost(products.counter), index)
 
 
 def _image(x: torch.Tensor) -> tuple[int, int, int]:
@@ -452,13 +455,14 @@ class BlendedJacobian:
         if not (isinstance(keys, tuple) and len(keys) == 2):
             raise InvalidArgumentError("keys", f"expected a pair of cache keys, got {keys!r}")
         _check_counter(counter)
-        local = NFECounter()
+        spent: Counter[str] = Counter()
         sides = [(w, f, key) for w, f, key in ((1.0 - alpha, f_a, keys[0]), (alpha, f_b, keys[1])) if w > 0]
         parts = []
         for w, f, key in sides:
             hit = self._cache.get(key)
             if hit is None or not 0 <= step - hit[0] <= self.reuse_steps:
-                hit = (step, self.estimator.estimate(f, x, local))
+                hit = (step, self.estimator.estimate(f, x, counter))
+                spent.update(hit[1].cost)
                 self._cache[key] = hit
             parts.append((w, hit[1]))
-        return _combine(parts, _charge(local, counter))
+        return _combine(parts, {kind: float(n) for kind, n in spent.items()})

@@ -58,7 +58,9 @@ def test_an_entry_describes_itself(run):
     assert entry.embedding.dtype == torch.float32
     assert float(entry.embedding.norm()) == pytest.approx(1.0, abs=1e-6)
     assert len(entry.entry_id) == 32 and entry.namespace == "default"
-    tensors = [*entry.states.values(), entry.noise, entry.embedding, GRID.values, entry.generator_state]
+    assert tuple(entry.velocities) == entry.cached_steps  # the run's velocities, kept with its states
+    assert torch.equal(entry.resume_point(3).velocity, full.velocities[3])
+    tensors = [*entry.states.values(), *entry.velocities.values(), entry.noise, entry.embedding, GRID.values, entry.generator_state]
     assert entry.nbytes == sum(t.numel() * t.element_size() for t in tensors)
     # Re-validating a stored entry (as loading one does) keeps the embedding's bits.
     again = CacheEntry(entry.key, entry.prompt, entry.embedding, entry.states, entry.grid, entry.noise)

@@ -45,10 +45,10 @@ from .strategies import make_strategy
 
 CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
 # The benchmark's defaults on each model (BenchConfig's fields), before the command line's options.
-# The embedded model's fit `make demo` into 10 minutes on 2 cores: the planners (about 50 s a pair
-# at one Levenberg-Marquardt iteration) run at the policy's step, the cheap strategies also over
-# the sweep; --methods adds multiple-shooting and velocity-shooting.
-CHEAP = ("direct", "linear", "sigmoid", "closed-form")
+# The embedded model's fit `make demo` into 10 minutes on 2 cores: the seed's planners run at the
+# policy's step, the strategies within one evaluation of the direct switch also over the sweep;
+# --methods adds multiple-shooting and velocity-shooting.
+CHEAP = ("direct", "linear", "sigmoid", "closed-form", "secant")
 EMBEDDED_BENCH = BenchConfig(seeds=2, pairs_per_bucket=2, shooting_iterations=1, repeats=3, sweep_pairs=2,
                              strategies=(*CHEAP, "shooting", "mpc"), sweep_strategies=CHEAP)
 EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1,
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return 0
     strategy = None
     if args.command == "continue":
-        iterations = {} if args.shooting_iterations is None else {"shooting_iterations": args.shooting_iterations}
-        strategy = make_strategy(args.strategy, patch_size=dynamics.transformer.config.patch_size, **iterations)
+        given = {"shooting_iterations": args.shooting_iterations, "budget": args.budget}
+        strategy = make_strategy(args.strategy, patch_size=dynamics.transformer.config.patch_size, **{k: v for k, v in given.items() if v is not None})
 
     noise, state = loaded.noise(args.seed)
     grid = loaded.grid(args.steps, noise)

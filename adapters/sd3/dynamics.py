@@ -195,7 +195,11 @@ class SD3Dynamics:
         return self.prompts.encode(prompt)
 
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: SD3Condition) -> torch.Tensor:
-        """The guided velocity ``v = eps - x0`` at sigma ``t`` (float or 0-dim tensor)."""
+        """The guided velocity ``v = eps - x0`` at sigma ``t`` (float or 0-dim tensor).
+
+        Shapes, dtypes and devices are checked on every call (no device synchronisation);
+        finiteness is checked where a run starts (:func:`flowctl.sampling.integrate`, the
+        strategies), not per step."""
         if not isinstance(cond, SD3Condition):
             raise InvalidArgumentError("cond", f"expected an SD3Condition, got {type(cond).__name__}")
         self._check_latents(x)
@@ -223,7 +227,7 @@ class SD3Dynamics:
         return uncond + cond.guidance_scale * (text - uncond)
 
     def _check_latents(self, x: object) -> None:
-        x = check_tensor("x", x)
+        x = check_tensor("x", x, finite=False)
         config = self.transformer.config
         if x.dim() != 4 or x.shape[1] != config.in_channels:
             raise ShapeError("x", f"expected latents (batch, {config.in_channels}, height, width), got {tuple(x.shape)}")

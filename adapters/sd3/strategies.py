@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowctl.jacobians import ColouredJacobian
-from flowctl.transitions import STRATEGY_NAMES, Blend, ClosedFormController, DirectSwitch, Strategy, TransitionRequest, TransitionResult
+from flowctl.transitions import (
+    STRATEGY_NAMES, Blend, ClosedFormController, DirectSwitch, SecantCorrection, Strategy, TransitionRequest, TransitionResult,
+)
 from flowctl.transitions import make_strategy as make_flowctl_strategy
 
 from .dynamics import math_attention
@@ -38,11 +40,12 @@ class MathAttention:
             return self.strategy.run(request)
 
 
-def make_strategy(name: str, *, shooting_iterations: int = 5, patch_size: int = 2) -> Strategy:
-    """The strategy called ``name`` (:data:`flowctl.transitions.STRATEGY_NAMES`); the ones that
-    differentiate the model run under :class:`MathAttention`, and "mpc" linearises per
-    ``patch_size`` x ``patch_size`` latent patch."""
+def make_strategy(name: str, *, shooting_iterations: int = 5, patch_size: int = 2, budget: float = 1.0) -> Strategy:
+    """The strategy called ``name`` (:data:`flowctl.transitions.STRATEGY_NAMES`) with planners
+    capped at ``budget`` NFE-equivalents; the ones that differentiate the model run under
+    :class:`MathAttention`, and "mpc" linearises per ``patch_size`` x ``patch_size`` latent patch."""
     strategy = make_flowctl_strategy(
         name, shooting_iterations=shooting_iterations, mpc_jacobian=ColouredJacobian(block=(patch_size, patch_size), radius=0),
+        budget=budget,
     )
-    return strategy if isinstance(strategy, (DirectSwitch, Blend, ClosedFormController)) else MathAttention(strategy)
+    return strategy if isinstance(strategy, (DirectSwitch, Blend, ClosedFormController, SecantCorrection)) else MathAttention(strategy)

@@ -18,6 +18,7 @@ from .runner import FEWER, MISS, NOOP, BenchResult, Run
 
 SEED_GOAL_SPEEDUP, SEED_GOAL_PSNR = 2.3, 39.5
 DIRECT_MARGIN_DB = 3.0
+NEAR_DIRECT_NFE = 1.0 + 1e-9  # "within one evaluation of the direct switch"
 BASELINES = (NOOP, MISS)
 
 
@@ -68,6 +69,8 @@ def aggregate(runs: Iterable[Run], steps: int) -> list[dict]:
             "adherence": _mean(r.adherence for r in rs if not math.isnan(r.adherence)),
             "fewer_steps_psnr": _mean(r.fewer_steps_psnr for r in rs if r.fewer_steps_psnr is not None),
             "direct_psnr": _mean(r.direct_psnr for r in rs if r.direct_psnr is not None),
+            "equal_cost_psnr": _mean(r.equal_cost_psnr for r in rs if r.equal_cost_psnr is not None),
+            "fallbacks": sum(r.fallbacks for r in rs),
             "statuses": sorted({r.status for r in rs}),
         })
     return rows
@@ -128,11 +131,41 @@ def _goals(result: BenchResult, table1: dict, sweep: dict) -> dict:
         v["beats_direct_by_3db_everywhere"] = v["min_margin_over_direct_db"] >= DIRECT_MARGIN_DB
         v["beats_fewer_steps_everywhere"] = v["min_margin_over_fewer_steps_db"] > 0
     return {
+        "near_direct_cost": _near_direct(table1),
+        "largest_speedup_at_seed_psnr": _largest_speedup(top),
         "seed_claim": {"speedup": SEED_GOAL_SPEEDUP, "psnr": SEED_GOAL_PSNR},
         "best_psnr_at_or_above_seed_speedup": None if best_at_speed is None else {k: best_at_speed[k] for k in ("method", "psnr", "speedup")},
         "seed_claim_met": best_at_speed is not None and best_at_speed["psnr"] >= SEED_GOAL_PSNR,
         "per_method": verdicts,
     }
+
+
+def _near_direct(table1: dict) -> dict:
+    """Per bucket, the methods spending at most one NFE-equivalent more than the direct switch,
+    with their margin over it at its own cost and at theirs (the direct switch resumed earlier)."""
+    out = {}
+    for bucket, rows in table1.items():
+        direct = next((r for r in rows if r["method"] == "direct switch"), None)
+        if direct is None:
+            continue
+        out[bucket] = {
+            r["method"]: {"extra_nfe": r["nfe_equivalents"] - direct["nfe_equivalents"],
+                          "margin_db": r["psnr"] - direct["psnr"], "equal_cost_margin_db": r["psnr"] - r["equal_cost_psnr"],
+                          "fallbacks": r["fallbacks"]}
+            for r in _methods(rows) if r["method"] != "direct switch" and r["nfe_equivalents"] <= direct["nfe_equivalents"] + NEAR_DIRECT_NFE
+        }
+    return out
+
+
+def _largest_speedup(points: list[dict]) -> dict:
+    """Per method, the largest speedup (wall time, and in NFE) among its points with PSNR >= the
+    seed's quality; None where no point reaches it."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in points):
+        good = [r for r in points if r["method"] == method and r["psnr"] >= SEED_GOAL_PSNR]
+        out[method] = None if not good else {
+            "speedup": max(r["speedup"] for r in good), "speedup_nfe": max(r["speedup_nfe"] for r in good)}
+    return out
 
 
 def _x(x: float) -> str:
@@ -161,17 +194,19 @@ def markdown(result: BenchResult) -> str:
         "## Table 1: methods at the policy's resume step",
     ]
     head = ("| method | k / H | planning (ms) | NFE by kind | NFE-eq. | time (ms) | speedup | speedup (NFE) "
-            "| PSNR (dB) | SSIM | adherence | fewer steps, same NFE-eq. (dB) | status |")
+            "| PSNR (dB) | SSIM | adherence | fewer steps, same NFE-eq. (dB) | direct switch, same NFE-eq. (dB) "
+            "| margin at equal cost (dB) | fallbacks | status |")
     for bucket, rows in s["table1"].items():
         if not rows:
             continue
-        lines += ["", f"### similarity {bucket}", "", head, "|---" * 13 + "|"]
+        lines += ["", f"### similarity {bucket}", "", head, "|---" * 16 + "|"]
         for r in rows:
             kh = "-" if math.isnan(r["horizon"]) else f"{r['resume_step']:.3g} / {r['horizon']:.3g}"
             lines.append(
                 f"| {r['method']} | {kh} | {r['planning_ms']:.1f} | {_nfe_text(r['nfe'])} | {r['nfe_equivalents']:.1f} "
                 f"| {r['time_ms']:.1f} | {_x(r['speedup'])} | {_x(r['speedup_nfe'])} | {_db(r['psnr'])} | {r['ssim']:.4f} "
-                f"| {_db(r['adherence'])} | {_db(r['fewer_steps_psnr'])} | {', '.join(r['statuses'])} |"
+                f"| {_db(r['adherence'])} | {_db(r['fewer_steps_psnr'])} | {_db(r['equal_cost_psnr'])} "
+                f"| {_db(r['psnr'] - r['equal_cost_psnr'])} | {r['fallbacks']} | {', '.join(r['statuses'])} |"
             )
     lines += [
         "",
@@ -207,6 +242,16 @@ def markdown(result: BenchResult) -> str:
             f"| {method} | {v['points']} | {v['min_margin_over_direct_db']:.2f} | {'yes' if v['beats_direct_by_3db_everywhere'] else 'no'} "
             f"| {_db(v['min_margin_over_fewer_steps_db'])} | {'yes' if v['beats_fewer_steps_everywhere'] else 'no'} |"
         )
+    lines += ["", f"Largest speedup at PSNR >= {SEED_GOAL_PSNR} dB (similarity > 0.95, policy step and sweep; wall time / NFE):", "",
+              "| method | speedup | speedup (NFE) |", "|---|---:|---:|"]
+    for method, v in g["largest_speedup_at_seed_psnr"].items():
+        lines.append(f"| {method} | {'-' if v is None else _x(v['speedup'])} | {'-' if v is None else _x(v['speedup_nfe'])} |")
+    lines += ["", "Within one NFE-equivalent of the direct switch, at the policy's step: margin over the direct switch "
+              "at its own cost / at equal cost (dB), samples fallen back:", "",
+              "| similarity | method | extra NFE-eq. | margin (dB) | margin at equal cost (dB) | fallbacks |", "|---|---|---:|---:|---:|---:|"]
+    for bucket, methods in g["near_direct_cost"].items():
+        for method, v in methods.items():
+            lines.append(f"| {bucket} | {method} | {v['extra_nfe']:.2f} | {v['margin_db']:.2f} | {_db(v['equal_cost_margin_db'])} | {v['fallbacks']} |")
     if s["sweep"]:
         lines += ["", "## Sweep over the resume step (similarity > 0.95): PSNR (dB) / speedup", ""]
         steps = list(s["sweep"])

@@ -28,6 +28,7 @@ import torch
 from .. import metrics
 from .._checks import check_int, check_real
 from ..cache import CacheEntry, CachedGenerator, CacheStore, PromptModel, get_policy
+from ..dynamics import check_budget
 from ..errors import InvalidArgumentError
 from ..jacobians import ColouredJacobian, DiagonalJacobian
 from ..sampling import SigmaGrid, integrate
@@ -54,10 +55,12 @@ class BenchConfig:
         seed: seed of the noise.
         policy: "seed" or "nirvana" (:mod:`flowctl.cache.policy`).
         pairs_per_bucket: shipped pairs used per similarity bucket (None: all).
-        sweep: resume fractions of the speedup-vs-PSNR sweep.
+        sweep: resume fractions of the speedup-vs-PSNR sweep (at 28 steps: k = 6, 10, 14, 18,
+            20, 22, 24).
         sweep_pairs: pairs of the most similar bucket swept.
         repeats: timing repeats of the cheap methods and baselines (median); planners run once.
-        shooting_iterations: Levenberg-Marquardt budget of every shooting plan.
+        shooting_iterations: Levenberg-Marquardt iterations of every shooting plan at most.
+        budget: NFE-equivalents every planner may spend beyond its continuation (hard cap).
         components, size: the default model's captioned images (K of 3 x size x size).
         strategies: the strategies run, by name (:data:`flowctl.transitions.STRATEGY_NAMES`).
         sweep_strategies: the strategies also run at the sweep's points, if in ``strategies``
@@ -70,10 +73,11 @@ class BenchConfig:
     seed: int = 0
     policy: str = "seed"
     pairs_per_bucket: int | None = 3
-    sweep: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65)
+    sweep: tuple[float, ...] = (0.2, 0.35, 0.5, 0.65, 0.72, 0.79, 0.86)
     sweep_pairs: int = 2
     repeats: int = 5
     shooting_iterations: int = 5
+    budget: float = 1.0
     components: int = 96
     size: int = 32
     strategies: tuple[str, ...] = STRATEGY_NAMES
@@ -92,6 +96,7 @@ class BenchConfig:
         check_int("sweep_pairs", self.sweep_pairs, minimum=0)
         check_int("repeats", self.repeats, minimum=1)
         check_int("shooting_iterations", self.shooting_iterations, minimum=1)
+        check_budget("budget", self.budget)
         check_int("components", self.components, minimum=2)
         check_int("size", self.size, minimum=8)
         if not self.strategies:
@@ -104,7 +109,8 @@ class BenchConfig:
     def methods(self, mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None) -> tuple[Strategy, ...]:
         """The strategies measured (``strategies``), cheapest first; ``mpc_jacobian``: the MPC's
         Jacobian estimator (the model's choice)."""
-        return tuple(make_strategy(n, shooting_iterations=self.shooting_iterations, mpc_jacobian=mpc_jacobian) for n in self.strategies)
+        return tuple(make_strategy(n, shooting_iterations=self.shooting_iterations, mpc_jacobian=mpc_jacobian, budget=self.budget)
+                     for n in self.strategies)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -166,10 +172,15 @@ class Run:
         nfe: model evaluations by kind; nfe_equivalents: weighted by the measured cost.
         seconds: wall time of the continuation (median of repeats); planning: its planning phase;
             lookup: the look-up's time; scratch: B from scratch with all steps.
-        status: the planner's status ("solved" where none ran).
+        status: the planner's status ("solved" where none ran, "budget" where it stopped at
+            its budget).
         fewer_steps_psnr: B from scratch in as many steps as this run's NFE-equivalents (inf when
             that is all N steps: the reference itself).
         direct_psnr: the direct switch from the same entry and step.
+        equal_cost_psnr: the direct switch at this run's NFE-equivalents: resumed earlier, at the
+            fractional step ``N - NFE-eq.``, PSNR interpolated linearly between the two grid
+            steps around it (None where that is before step 1).
+        fallbacks: samples on which the planner's safeguard fell back to the direct switch.
     """
 
     method: str
@@ -192,6 +203,8 @@ class Run:
     status: str = "solved"
     fewer_steps_psnr: float | None = None
     direct_psnr: float | None = None
+    equal_cost_psnr: float | None = None
+    fallbacks: int = 0
 
     @property
     def speedup(self) -> float:
@@ -255,7 +268,7 @@ def run_benchmark(
     say(f"cost of a model call by kind: {bench.cost}")
 
     sweep_steps = {min(max(round(f * grid.steps), 1), grid.steps - 1) for f in config.sweep}
-    kept = set(policy.cached_steps(grid.steps)) | sweep_steps
+    kept = set(range(1, grid.steps))  # every step: the direct switch at equal cost resumes anywhere
     for a in dict.fromkeys(p.a for p in pairs):
         bench.store_a(a, kept)
     runs: list[Run] = []
@@ -309,6 +322,7 @@ class _Bench:
         with bench.derivatives():
             self.cost = _call_costs(self.model, self.noise, self.model.condition("a shape"))
         self._fewer: dict[tuple[str, int], torch.Tensor] = {}
+        self._direct: dict[tuple[str, str, int], float] = {}
 
     def store_a(self, prompt: str, kept: set[int]) -> None:
         """Generate A from scratch and cache the states the policy and the sweep resume from."""
@@ -341,8 +355,8 @@ class _Bench:
             return [Run(MISS, lookup_similarity=lookup.decision.similarity, resume_step=None, horizon=None,
                         nfe={"forward": n}, nfe_equivalents=n, seconds=scratch, planning=0.0, **score(reference), **base)], {}
         request = g.request(lookup, cond_b)
-        if step is not None:
-            request = TransitionRequest(request.model, lookup.entry.resume_point(step), request.cond_a, cond_b, request.horizon, request.similarity)
+        request = TransitionRequest(request.model, lookup.entry.resume_point(request.step if step is None else step), request.cond_a,
+                                    cond_b, request.horizon, request.similarity, self.cost["relative"])
         base |= dict(lookup_similarity=lookup.match.similarity, resume_step=request.step, horizon=request.horizon)
         a_final = self.scratch_memo(lookup.entry.prompt, n)
         runs = [Run(NOOP, nfe={}, nfe_equivalents=0.0, seconds=0.0, planning=0.0, **score(a_final), **base)]
@@ -360,7 +374,8 @@ class _Bench:
             runs.append(Run(
                 method.name, nfe=dict(result.nfe), nfe_equivalents=equivalents, seconds=seconds,
                 planning=result.phases.get("planning", 0.0), status=result.status.value,
-                fewer_steps_psnr=fewer, direct_psnr=direct_psnr, **figures, **base,
+                fewer_steps_psnr=fewer, direct_psnr=direct_psnr, equal_cost_psnr=self.equal_cost(request, lookup.entry, score, equivalents),
+                fallbacks=result.fallbacks, **figures, **base,
             ))
             finals[method.name] = result.final
         budget = n - request.step
@@ -368,6 +383,24 @@ class _Bench:
         runs.append(Run(f"{FEWER}: {budget} steps", nfe={"forward": budget}, nfe_equivalents=budget, seconds=fewer_time,
                         planning=0.0, **(base | {"lookup": 0.0, "horizon": None}), **score(fewer)))
         return runs, finals
+
+
+    def equal_cost(self, request: TransitionRequest, entry: CacheEntry, score: _Scorer, equivalents: float) -> float | None:
+        """PSNR of the direct switch spending ``equivalents`` (see :attr:`Run.equal_cost_psnr`)."""
+        n = self.grid.steps
+        at = n - equivalents
+        if at < 1:
+            return None
+        low, high = math.floor(at), min(math.ceil(at), n - 1)
+        psnr = [self.direct_psnr(request, entry, score, k) for k in (low, high)]
+        return psnr[0] if high == low else psnr[0] + (at - low) * (psnr[1] - psnr[0])
+
+    def direct_psnr(self, request: TransitionRequest, entry: CacheEntry, score: _Scorer, step: int) -> float:
+        key = (entry.prompt, score.pair.b, step)
+        if key not in self._direct:
+            moved = TransitionRequest(request.model, entry.resume_point(step), request.cond_a, request.cond_b, request.horizon)
+            self._direct[key] = score(DirectSwitch().run(moved).final)["psnr"]
+        return self._direct[key]
 
 
 class _Scorer:

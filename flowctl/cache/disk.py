@@ -2,8 +2,9 @@
 
 A cache directory holds
 
-- ``<entry_id>.safetensors``: tensors ``state.<step>``, ``noise``, ``embedding``, ``grid`` (the
-  sigmas) and, if kept, ``generator_state``; its metadata holds ``format``, ``entry`` (JSON:
+- ``<entry_id>.safetensors``: tensors ``state.<step>``, ``velocity.<step>`` (where kept; files
+  written before velocities were kept have none and load with none), ``noise``, ``embedding``,
+  ``grid`` (the sigmas) and, if kept, ``generator_state``; its metadata holds ``format``, ``entry`` (JSON:
   id, namespace, prompt, created, nbytes, key and grid parameters) and ``sha256`` (digest of the
   tensors), so every file describes itself;
 - ``index.json``: entry_id -> {namespace, prompt, key, embedding, steps, nbytes, created, file,
@@ -219,6 +220,7 @@ class DiskStore:
         if meta["entry_id"] != entry_id:
             raise ValueError(f"the file holds entry {meta['entry_id']!r}")
         states = {int(name.removeprefix("state.")): x for name, x in tensors.items() if name.startswith("state.")}
+        velocities = {int(name.removeprefix("velocity.")): v for name, v in tensors.items() if name.startswith("velocity.")}
         return CacheEntry(
             CacheKey.from_json(meta["key"]),
             meta["prompt"],
@@ -227,6 +229,7 @@ class DiskStore:
             SigmaGrid(tensors["grid"], **meta["grid"]),
             tensors["noise"],
             tensors.get("generator_state"),
+            velocities,
             meta["namespace"],
             entry_id,
             meta["created"],
@@ -272,6 +275,7 @@ class DiskStore:
 def _cpu_tensors(entry: CacheEntry) -> dict[str, torch.Tensor]:
     """The entry's tensors by file name, on the CPU, contiguous and sharing no memory."""
     named = {f"state.{k}": x for k, x in entry.states.items()}
+    named.update({f"velocity.{k}": v for k, v in entry.velocities.items()})
     named.update(noise=entry.noise, embedding=entry.embedding, grid=entry.grid.values)
     if entry.generator_state is not None:
         named["generator_state"] = entry.generator_state

@@ -136,6 +136,9 @@ class CacheEntry:
         noise: the run's starting noise (sigma = 1), shape ``key.shape``, dtype ``key.dtype``.
         generator_state: ``torch.Generator.get_state()`` of the generator that drew ``noise``
             (a CPU uint8 tensor, as ``set_state`` needs), or None.
+        velocities: grid step k -> the run's velocity at ``states[k]`` (its prompt's field at
+            sigma_k, evaluated during the generation anyway), for the steps where it was kept;
+            like a state in shape and dtype. Planners compare the new prompt's field with it.
         namespace: the tenant the entry belongs to.
         entry_id: unique id, also the entry's file name on disk (letters, digits, ``_``, ``-``).
         created: creation time, seconds since the epoch.
@@ -148,6 +151,7 @@ class CacheEntry:
     grid: SigmaGrid
     noise: torch.Tensor
     generator_state: torch.Tensor | None = None
+    velocities: dict[int, torch.Tensor] = field(default_factory=dict)
     namespace: str = "default"
     entry_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.time)
@@ -172,11 +176,18 @@ class CacheEntry:
                 raise InvalidArgumentError("states", f"step {k} is outside [0, {key.steps})")
             self._check_latent(f"states[{k}]", x)
         self._check_latent("noise", self.noise)
+        if not isinstance(self.velocities, dict):
+            raise InvalidArgumentError("velocities", "expected a dict of grid step -> velocity")
+        for k, v in self.velocities.items():
+            if k not in states:
+                raise InvalidArgumentError("velocities", f"step {k!r} has no cached state")
+            self._check_latent(f"velocities[{k}]", v)
         if self.generator_state is not None:
             g = self.generator_state
             if not isinstance(g, torch.Tensor) or g.dtype != torch.uint8 or g.dim() != 1 or g.device.type != "cpu":
                 raise InvalidArgumentError("generator_state", "expected a 1-D CPU uint8 tensor from Generator.get_state()")
         object.__setattr__(self, "states", dict(sorted(states.items())))
+        object.__setattr__(self, "velocities", dict(sorted(self.velocities.items())))
         object.__setattr__(self, "embedding", unit_embedding("embedding", self.embedding))
         object.__setattr__(self, "created", check_real("created", self.created))
 
@@ -198,7 +209,8 @@ class CacheEntry:
         steps: Iterable[int],
         namespace: str = "default",
     ) -> CacheEntry:
-        """An entry of ``trajectory``'s states at ``steps`` (which it must have kept)."""
+        """An entry of ``trajectory``'s states at ``steps`` (which it must have kept), with its
+        velocities there where it kept them."""
         if not isinstance(trajectory, Trajectory):
             raise InvalidArgumentError("trajectory", f"expected a Trajectory, got {type(trajectory).__name__}")
         if not isinstance(key, CacheKey):
@@ -223,6 +235,7 @@ class CacheEntry:
             trajectory.grid,
             trajectory.noise.detach(),
             trajectory.generator_state,
+            {k: trajectory.velocities[k].detach() for k in states if k in trajectory.velocities},
             namespace,
         )
 
@@ -233,12 +246,13 @@ class CacheEntry:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all the entry's tensors (latents, noise, embedding, grid, generator)."""
+        """Bytes held by all the entry's tensors (latents, velocities, noise, embedding, grid,
+        generator)."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _tensors(self) -> list[torch.Tensor]:
         extra = [] if self.generator_state is None else [self.generator_state]
-        return [*self.states.values(), self.noise, self.embedding, self.grid.values, *extra]
+        return [*self.states.values(), *self.velocities.values(), self.noise, self.embedding, self.grid.values, *extra]
 
     def _grid_step(self, step: int, *, last: int) -> int:
         step = check_int("step", step, minimum=0)
@@ -259,11 +273,12 @@ class CacheEntry:
         return self.grid.dt(self._grid_step(step, last=self.key.steps - 1))
 
     def resume_point(self, step: int) -> ResumePoint:
-        """The cached latent at ``step`` with the grid, method, noise and generator state."""
+        """The cached latent at ``step`` with the grid, method, noise, generator state and the
+        run's velocity there (if kept)."""
         step = check_int("step", step, minimum=0)
         if step not in self.states:
             raise InvalidArgumentError("step", f"step {step} is not cached; cached: {list(self.states)}")
-        return ResumePoint(self.states[step], step, self.grid, self.key.method, self.noise, self.generator_state)
+        return ResumePoint(self.states[step], step, self.grid, self.key.method, self.noise, self.generator_state, self.velocities.get(step))
 
     def to(self, device: torch.device | str, *, copy: bool = False) -> CacheEntry:
         """The entry with every tensor on ``device`` (but ``generator_state``, which stays on the
@@ -272,6 +287,7 @@ class CacheEntry:
             self,
             embedding=self.embedding.to(device, copy=copy),
             states={k: x.to(device, copy=copy) for k, x in self.states.items()},
+            velocities={k: v.to(device, copy=copy) for k, v in self.velocities.items()},
             grid=dataclasses.replace(self.grid, values=self.grid.values.to(device, copy=copy)),
             noise=self.noise.to(device, copy=copy),
         )

@@ -148,6 +148,7 @@ class SolveStatus(str, enum.Enum):
     SOLVED = "solved"
     MAX_ITERATIONS = "max_iterations"
     NFE_LIMIT = "nfe_limit"
+    BUDGET = "budget"
     INFEASIBLE = "infeasible"
     FAILED = "failed"
 

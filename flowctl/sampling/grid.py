@@ -9,6 +9,7 @@ sigma is already shifted when ``set_timesteps`` shifts the inference grid again 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -73,12 +74,13 @@ class Grid:
         pos = j + (t - v[j]) / (v[j + 1] - v[j])
         return pos if self._ascending else n - pos
 
-    @property
+    @functools.cached_property
     def _ascending(self) -> bool:
         return bool(self.values[1] > self.values[0])
 
-    @property
+    @functools.cached_property
     def _ascending_values(self) -> np.ndarray:
+        """The grid times ascending, in float64 on the CPU (copied once per grid)."""
         v = self.values.detach().cpu().double().numpy()
         return v if self._ascending else v[::-1].copy()
 

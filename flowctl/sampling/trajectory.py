@@ -10,7 +10,7 @@ the same grid values from step k on.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,9 @@ class ResumePoint:
         method: the integrator the run used.
         noise: the run's starting state at step 0 (the noise, for a flow model), if known.
         generator_state: state of the torch.Generator that drew ``noise``, if the caller kept it.
+        velocity: the run's own velocity at ``state`` (its dynamics and condition at
+            ``grid.t(step)``), if kept; planners use it to compare another condition's field
+            at no extra model evaluation.
     """
 
     state: torch.Tensor
@@ -41,6 +44,7 @@ class ResumePoint:
     method: str = "euler"
     noise: torch.Tensor | None = None
     generator_state: torch.Tensor | None = None
+    velocity: torch.Tensor | None = None
 
     @property
     def t(self) -> torch.Tensor:
@@ -77,6 +81,8 @@ class Trajectory:
         states: kept states by step index; always holds ``start`` and the final step.
         noise: state at step 0 of the run (the starting noise of a flow model), if known.
         generator_state: state of the generator that drew ``noise``, if given.
+        velocities: the velocity the run evaluated at each kept state but the final one (the
+            first stage of the step from there), by step index.
     """
 
     grid: Grid
@@ -85,6 +91,7 @@ class Trajectory:
     states: dict[int, torch.Tensor]
     noise: torch.Tensor | None = None
     generator_state: torch.Tensor | None = None
+    velocities: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def final(self) -> torch.Tensor:
@@ -104,7 +111,7 @@ class Trajectory:
         step = check_int("step", step, minimum=0)
         if step not in self.states:
             raise InvalidArgumentError("step", f"step {step} was not kept; kept: {sorted(self.states)}")
-        return ResumePoint(self.states[step], step, self.grid, self.method, self.noise, self.generator_state)
+        return ResumePoint(self.states[step], step, self.grid, self.method, self.noise, self.generator_state, self.velocities.get(step))
 
 
 def integrate(
@@ -135,7 +142,8 @@ def integrate(
 
     Raises:
         NonFiniteError / ShapeError / InvalidArgumentError: bad arguments.
-        IntegrationError: the state became NaN or Inf.
+        IntegrationError: the state became NaN or Inf (checked once, on the states kept: a
+            non-finite value carries on to the final state).
     """
     x0 = check_tensor("x0", x0)
     if not isinstance(grid, Grid):
@@ -151,16 +159,26 @@ def integrate(
         noise = check_tensor("noise", noise)
     keep_steps = _keep_set(keep, start, n)
 
-    states = {start: x0}
+    states, velocities = {start: x0}, {}
     x = x0
     for i in range(start, n):
-        x_next, _ = rk_step(tableau, lambda y, t: dynamics.velocity(y, t, cond), x, grid.t(i), grid.t(i + 1))
-        if not bool(torch.isfinite(x_next).all()):
-            raise IntegrationError(f"state became non-finite at step {i + 1} (t = {float(grid.t(i + 1)):g})")
-        x = x_next
+        first: list[torch.Tensor] = []
+
+        def f(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            v = dynamics.velocity(y, t, cond)
+            if not first:
+                first.append(v)
+            return v
+
+        x, _ = rk_step(tableau, f, x, grid.t(i), grid.t(i + 1))
+        if i in states:
+            velocities[i] = first[0]
         if i + 1 in keep_steps:
             states[i + 1] = x
-    return Trajectory(grid, method, start, states, noise, generator_state)
+    bad = next((k for k, y in sorted(states.items()) if not bool(torch.isfinite(y).all())), None)
+    if bad is not None:
+        raise IntegrationError(f"state became non-finite by step {bad} (t = {float(grid.t(bad)):g})")
+    return Trajectory(grid, method, start, states, noise, generator_state, velocities)
 
 
 def resume(dynamics: Dynamics, point: ResumePoint, cond: Any = None, *, keep: str | Iterable[int] = "all") -> Trajectory:

@@ -8,6 +8,7 @@ from .base import Strategy, TransitionRequest, TransitionResult
 from .blends import Blend, DirectSwitch
 from .closed_form import ClosedFormController
 from .registry import STRATEGY_NAMES, make_strategy
+from .secant import SecantCorrection
 from .shooting import Shooting, ShootingMPC
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DirectSwitch",
     "Blend",
     "ClosedFormController",
+    "SecantCorrection",
     "Shooting",
     "ShootingMPC",
     "STRATEGY_NAMES",

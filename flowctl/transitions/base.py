@@ -17,8 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_int, check_real
-from ..dynamics import Dynamics
+from .._checks import check_int, check_real, check_same_shape, check_tensor
+from ..dynamics import DEFAULT_COST, Dynamics, NFECounter, check_cost
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus
 from ..sampling import ResumePoint, SigmaGrid, integrate
@@ -35,6 +35,9 @@ class TransitionRequest:
         cond_a, cond_b: the conditions of the cached prompt A and the new prompt B.
         horizon: transition length H in grid steps (>= 1), cut to the steps that remain.
         similarity: the prompts' similarity, if known (some strategies adapt to it).
+        cost: the model's cost of a call by kind relative to a forward call (``{"forward": 1,
+            "jvp": ..., "vjp": ...}``, measured on the model), which planners' budgets are
+            counted in; None for :data:`flowctl.dynamics.DEFAULT_COST`.
     """
 
     model: Dynamics
@@ -43,6 +46,7 @@ class TransitionRequest:
     cond_b: Any
     horizon: int = 3
     similarity: float | None = None
+    cost: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.point, ResumePoint):
@@ -55,6 +59,12 @@ class TransitionRequest:
         object.__setattr__(self, "horizon", min(self.horizon, self.point.remaining_steps))
         if self.similarity is not None:
             object.__setattr__(self, "similarity", check_real("similarity", self.similarity, low=-1.0, high=1.0))
+        state = check_tensor("point.state", self.point.state)
+        for name in ("noise", "velocity"):
+            other = getattr(self.point, name)
+            if other is not None:
+                check_same_shape(f"point.{name}", check_tensor(f"point.{name}", other), "point.state", state)
+        object.__setattr__(self, "cost", dict(DEFAULT_COST if self.cost is None else check_cost("cost", self.cost)))
 
     @property
     def grid(self) -> SigmaGrid:
@@ -84,9 +94,12 @@ class TransitionResult:
             their measured cost with :meth:`nfe_equivalents`.
         seconds: wall time of the whole continuation.
         phases: wall seconds by phase ("planning", "continuation").
-        status: SOLVED where no solver ran or the solver converged; the solver's status where a
-            plan stopped at its budget (the plan reached is used).
-        message: the solver's words, if any.
+        status: SOLVED where no solver ran or the solver converged; BUDGET where a planner
+            stopped at its budget of NFE-equivalents (the plan reached is used); the solver's
+            status where it stopped for another reason.
+        message: the planner's words, if any.
+        fallbacks: samples of the batch on which a safeguarded planner judged its correction
+            harmful by its own residual and continued as the direct switch.
     """
 
     strategy: str
@@ -96,6 +109,7 @@ class TransitionResult:
     phases: Mapping[str, float]
     status: SolveStatus = SolveStatus.SOLVED
     message: str = ""
+    fallbacks: int = 0
 
     def nfe_equivalents(self, cost: Mapping[str, float]) -> float:
         """Evaluations weighted by the cost of each kind relative to a forward call (e.g.
@@ -134,6 +148,21 @@ class PhaseClock:
     @property
     def total(self) -> float:
         return time.perf_counter() - self.started
+
+
+def planning_counter(request: TransitionRequest, budget: float) -> NFECounter:
+    """A counter for a planner's own evaluations, capped at ``budget`` NFE-equivalents weighed
+    by the request's measured costs."""
+    return NFECounter(budget=budget, cost=request.cost)
+
+
+def merged(*counters: NFECounter) -> dict[str, float]:
+    """Evaluations by kind over several counters."""
+    total: dict[str, float] = {}
+    for c in counters:
+        for kind, n in c.by_kind.items():
+            total[kind] = total.get(kind, 0.0) + n
+    return total
 
 
 def finish_with(model: Dynamics, x: torch.Tensor, request: TransitionRequest, step: int) -> torch.Tensor:

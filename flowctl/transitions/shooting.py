@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_int, check_real
-from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter
-from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
+from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter, check_budget
+from ..errors import BudgetExceededError, InvalidArgumentError, ShapeError, UnknownNameError
 from ..jacobians import ColouredJacobian, DiagonalJacobian, JacobianEstimate
 from ..mpc import MPCConfig, StateLayout, StructuredBackend, euler_linearisation
 from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, TorchOptions, TorchShooting
 from ..ocp.problem import TRANSCRIPTIONS
 from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from ..schedules import make_schedule
-from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with
+from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with, merged, planning_counter
 
 TERMINALS = ("noise", "velocity")
 _FATAL = (SolveStatus.FAILED, SolveStatus.INFEASIBLE)
@@ -43,9 +43,15 @@ class Shooting:
         schedule: the blend of the two prompts' fields over the horizon ("linear", "cosine",
             "sigmoid").
         weights: terminal, effort and smoothness weights of the transition cost.
-        solver: Levenberg-Marquardt settings; ``max_iterations`` is the planning budget. A plan
-            that stops at its budget is executed as reached (its status is reported); a failed
-            one raises :class:`flowctl.ocp.SolverError`.
+        solver: Levenberg-Marquardt settings. A plan that stops at ``max_iterations`` is
+            executed as reached (its status is reported); a failed one raises
+            :class:`flowctl.ocp.SolverError`.
+        budget: NFE-equivalents the plan may spend (a finite number >= 0; JVPs and VJPs weighed
+            by the request's measured costs), a hard cap: a solve that would go past it stops
+            before the call, and the transition continues as the direct switch with status
+            "budget". The noise anchor integrates B's flow back to the noise, so one residual
+            costs ``segments`` evaluations and one iteration several times that: at the default
+            budget of one evaluation the plan stops before its first residual.
     """
 
     transcription: str = "single"
@@ -54,8 +60,10 @@ class Shooting:
     schedule: str = "sigmoid"
     weights: TransitionWeights = field(default_factory=lambda: TransitionWeights(terminal=1.0, effort=1e-4))
     solver: LeastSquaresOptions = field(default_factory=lambda: LeastSquaresOptions(max_iterations=10, constraint_tol=1e-4))
+    budget: float = 1.0
 
     def __post_init__(self) -> None:
+        check_budget("budget", self.budget)
         if self.transcription not in TRANSCRIPTIONS:
             raise UnknownNameError("transcription", self.transcription, list(TRANSCRIPTIONS))
         if self.terminal not in TERMINALS:
@@ -68,9 +76,10 @@ class Shooting:
         anchor = f"noise anchor, {self.segments} seg" if self.terminal == "noise" else "velocity consistency"
         return f"{self.transcription} shooting ({anchor})"
 
-    def plan(self, request: TransitionRequest, model: Dynamics, counter: NFECounter, x: torch.Tensor, step: int, horizon: int) -> tuple[SolveResult, TorchShooting]:
+    def plan(self, request: TransitionRequest, model: Dynamics, counter: NFECounter, x: torch.Tensor, step: int, horizon: int) -> tuple[SolveResult, TorchShooting] | None:
         """Solve the transition from ``x`` at grid ``step`` over ``horizon`` steps (the blend
-        started at the request's step). ``model`` must report to ``counter``."""
+        started at the request's step). ``model`` must report to ``counter``, whose budget caps
+        the solve: None when the solve would exceed it."""
         grid, end = request.grid, step + horizon
         sigma_end = float(grid.t(end))
         if self.terminal == "noise":
@@ -85,7 +94,10 @@ class Shooting:
             weights=self.weights, switch_step=request.step,
         )
         solver = TorchShooting(problem, self.transcription, TorchOptions(self.solver, warm_start=False), counter=counter)
-        result = solver.solve(raise_on_failure=False)
+        try:
+            result = solver.solve(raise_on_failure=False)
+        except BudgetExceededError:
+            return None
         if result.status in _FATAL:
             raise SolverError(result)
         return result, solver
@@ -99,16 +111,20 @@ class Shooting:
             return solver.rollout(x, plan.controls)
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        counter = NFECounter()
+        counter, budgeted = NFECounter(), planning_counter(request, self.budget)
         model = CountedDynamics(request.model, counter)
         clock = PhaseClock()
         x = request.point.state
         with clock.phase("planning"):
-            plan, solver = self.plan(request, model, counter, x, request.step, request.horizon)
+            planned = self.plan(request, CountedDynamics(request.model, budgeted), budgeted, x, request.step, request.horizon)
         with clock.phase("continuation"):
-            states = self.execute(plan, solver, x)
-            final = finish_with(model, states[-1], request, request.step + request.horizon)
-        return TransitionResult(self.name, final, dict(counter.by_kind), clock.total, clock.phases, plan.status, plan.message)
+            if planned is None:
+                final = finish_with(model, x, request, request.step)
+            else:
+                plan, solver = planned
+                final = finish_with(model, self.execute(plan, solver, x)[-1], request, request.step + request.horizon)
+        status, message = (SolveStatus.BUDGET, _over_budget(self.budget)) if planned is None else (planned[0].status, planned[0].message)
+        return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases, status, message)
 
 
 @dataclass(frozen=True)
@@ -133,6 +149,11 @@ class ShootingMPC:
         effort: R, weight on the deviation from the planned control (> 0).
         replan_tolerance: relative drift ``|x - x_plan| / |x_plan|`` that triggers a re-plan.
         max_replans: re-plans at most (each costs a shooting solve).
+
+    The shooting plan's ``budget`` caps everything the algorithm spends beyond its blended
+    steps (plans, re-plans and the JVPs of each step's linearisation): a plan that does not fit
+    continues as the direct switch, and once the budget is spent the remaining steps follow
+    the plan's controls without MPC corrections; the status is then "budget".
     """
 
     shooting: Shooting = field(default_factory=Shooting)
@@ -159,8 +180,8 @@ class ShootingMPC:
         return f"shooting + MPC ({self.shooting.name})"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        counter = NFECounter()
-        model = CountedDynamics(request.model, counter)
+        counter, budgeted = NFECounter(), planning_counter(request, self.shooting.budget)
+        model, planner = CountedDynamics(request.model, counter), CountedDynamics(request.model, budgeted)
         clock = PhaseClock()
         k, horizon, grid = request.step, request.horizon, request.grid
         schedule = make_schedule(self.shooting.schedule, horizon)
@@ -168,27 +189,42 @@ class ShootingMPC:
         counted = BlendedDynamics(model, schedule, grid, k)
         x = request.point.state
         with clock.phase("planning"):
-            plan, solver = self.shooting.plan(request, model, counter, x, k, horizon)
+            planned = self.shooting.plan(request, planner, budgeted, x, k, horizon)
+            if planned is None:
+                final = finish_with(model, x, request, k)
+                return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases,
+                                        SolveStatus.BUDGET, _over_budget(self.shooting.budget))
+            plan, solver = planned
             ref = self.shooting.execute(plan, solver, x)
-        controls, first, status, replans = plan.controls, 0, plan.status, 0
+        controls, first, status, replans, message = plan.controls, 0, plan.status, 0, plan.message
         backends: dict[tuple, StructuredBackend] = {}
+        controlling = True
         for i in range(horizon):
             j = k + i
             drift = float((x - ref[i - first]).norm()) / max(float(ref[i - first].norm()), 1e-30)
-            if drift > self.replan_tolerance and replans < self.max_replans:
+            if controlling and drift > self.replan_tolerance and replans < self.max_replans:
                 replans += 1
                 with clock.phase("planning"):
-                    plan, solver = self.shooting.plan(request, model, counter, x, j, horizon - i)
-                    ref, controls, first, status = self.shooting.execute(plan, solver, x), plan.controls, i, plan.status
+                    replanned = self.shooting.plan(request, planner, budgeted, x, j, horizon - i)
+                if replanned is None:
+                    controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
+                else:
+                    plan, solver = replanned
+                    ref, controls, first, status, message = self.shooting.execute(plan, solver, x), plan.controls, i, plan.status, plan.message
             with clock.phase("control"):
                 sigma, ds = float(grid.t(j)), grid.dt(j)
                 v = counted.velocity(x, sigma, conds)
-                jac = _image_batch_estimate(self.jacobian, _fixed_blend(request, sigma, counted.alpha(sigma)), x, counter)
-                du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
+                du = torch.zeros_like(x)
+                if controlling:
+                    try:
+                        jac = _image_batch_estimate(self.jacobian, _fixed_blend(request, sigma, counted.alpha(sigma)), x, budgeted)
+                        du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
+                    except BudgetExceededError:
+                        controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
                 x = x + ds * (v + controls[i - first] + du)
         with clock.phase("continuation"):
             final = finish_with(model, x, request, k + horizon)
-        return TransitionResult(self.name, final, dict(counter.by_kind), clock.total, clock.phases, status, plan.message)
+        return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases, status, message)
 
     def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
         """First control of the tracking QP: deviation from the planned control at step i."""
@@ -205,6 +241,10 @@ class ShootingMPC:
         return layout.unpermute(solution.controls[0]).reshape(x.shape).to(x)
 
 
+def _over_budget(budget: float) -> str:
+    return f"the plan did not fit the budget of {budget:g} NFE-equivalents: continued without it"
+
+
 def _fixed_blend(request: TransitionRequest, sigma: float, alpha: float):
     """``x -> (1 - alpha) v_A(x) + alpha v_B(x)`` at one sigma (uncounted), and its sides."""
     model, a, b = request.model, request.cond_a, request.cond_b
@@ -215,13 +255,25 @@ def _fixed_blend(request: TransitionRequest, sigma: float, alpha: float):
     return (lambda y: torch.lerp(model.velocity(y, sigma, a), model.velocity(y, sigma, b), alpha)), 2
 
 
+class _Scaled(NFECounter):
+    """Counts ``sides`` model calls in ``counter`` for every call of a field with that many sides."""
+
+    def __init__(self, counter: NFECounter, sides: int):
+        super().__init__()
+        self.counter, self.sides = counter, sides
+
+    def add(self, n: float = 1.0, *, kind: str | None = None) -> None:
+        self.counter.add(n * self.sides, kind=kind)
+        super().add(n, kind=kind)
+
+
 def _image_batch_estimate(estimator, field, x: torch.Tensor, counter: NFECounter) -> JacobianEstimate:
     """A diagonal or block estimate of a field on an image batch (B, C, H, W), in the batch's flat
     row-major order.
 
     The batch is laid out as one (C, B*H, W) image, so one coloured set of JVPs serves every
     sample (samples do not interact; H must be a multiple of a block's height). Each JVP of a
-    blended field with two sides costs two model JVPs.
+    blended field with two sides costs two model JVPs, counted in ``counter`` before it is made.
     """
     f, sides = field
     if x.dim() != 4:
@@ -229,9 +281,7 @@ def _image_batch_estimate(estimator, field, x: torch.Tensor, counter: NFECounter
     b, c, h, w = x.shape
     to_image = lambda y: y.permute(1, 0, 2, 3).reshape(c, b * h, w)  # noqa: E731
     from_image = lambda z: z.reshape(c, b, h, w).permute(1, 0, 2, 3)  # noqa: E731
-    estimate = estimator.estimate(lambda z: to_image(f(from_image(z))), to_image(x))
-    for kind, n in estimate.cost.items():
-        counter.add(n * sides, kind=kind)
+    estimate = estimator.estimate(lambda z: to_image(f(from_image(z))), to_image(x), _Scaled(counter, sides))
     # image position s holds batch entry order[s]
     order = to_image(torch.arange(x.numel(), device=x.device).reshape(x.shape)).reshape(-1)
     if estimate.structure == "block":
