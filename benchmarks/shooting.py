@@ -2,30 +2,34 @@
 
 1. CasADi's Van der Pol example: flowctl's CasadiShooting against CasADi's plain formulation
    (its docs/examples/python/direct_{single,multiple}_shooting.py), and flowctl's TorchShooting
-   (matrix-free Levenberg-Marquardt) on the same problem.
+   (Levenberg-Marquardt with dense steps, and matrix-free with conjugate gradients) on the same
+   problem.
 2. DESIGN.md's transition problem on the exact Gaussian-mixture flow (smooth random means, two random prompts):
    shooting with each terminal residual and transcription against direct switch, the no-op floor
    and B from scratch at the same forward-NFE budget, scored against B's reference.
 
 Van der Pol: every method solves cold (same initial guess, no warm start). CasADi rows: one
 untimed solve, then ``--repeats`` timed ones; build time is the median of ``--builds`` builds.
-Torch rows are slow (tens of seconds each), so they have their own ``--torch-repeats``, one
-build and no untimed solve (its first-call overhead is milliseconds). To add a method, append a
-``(name, setup)`` pair to ``METHODS`` (or ``TORCH_METHODS``): ``setup()`` builds and returns a
-``solve()`` callable that returns ``(objective, iterations, seconds, extra)``, ``extra`` a dict
-of further figures (NFE by kind, constraint violation, status), empty where there are none.
+Torch rows take seconds, so they have their own ``--torch-repeats`` and one build: dense rows
+(``TORCH_METHODS``) one untimed solve (the process's first one imports parts of torch), then
+``--torch-repeats`` timed ones; the matrix-free row (``MATRIX_FREE_METHODS``, over a minute)
+one timed solve, after the dense rows. To add a method, append a ``(name, setup)`` pair to
+one of these lists: ``setup()`` builds and returns a ``solve()`` callable that returns
+``(objective, iterations, seconds, extra)``, ``extra`` a dict of further figures (NFE by kind,
+constraint violation, status), empty where there are none.
 
 Transition: every shooting row plans once per ``--transition-repeats`` (planning time is the
 median; quality and NFE are deterministic and taken from the last plan), then continues with
 plain Euler under prompt B to the end of the grid.
 
-    .venv/bin/python benchmarks/shooting.py [--repeats 20] [--torch-repeats 1]
+    .venv/bin/python benchmarks/shooting.py [--repeats 20] [--torch-repeats 3]
         [--transition-repeats 3] [--out results/shooting.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -79,11 +83,17 @@ def ours(transcription: str, expand: bool = True):
     return setup
 
 
-def torch_shooting(transcription: str):
-    """flowctl's TorchShooting with default settings, cold (warm start off)."""
+# Tolerances at which both transcriptions reach the optimum to 1e-6 (the defaults, 1e-6 each,
+# stop 3.4e-5 above it in single shooting); the CasADi rows run IPOPT at tol 1e-10.
+TORCH_OPTIONS = LeastSquaresOptions(tol=1e-8, constraint_tol=1e-8)
+
+
+def torch_shooting(transcription: str, linear_solver: str):
+    """flowctl's TorchShooting with ``TORCH_OPTIONS`` and the given linear solver, cold."""
 
     def setup():
-        shooting = TorchShooting(van_der_pol_problem(), transcription, TorchOptions(warm_start=False))
+        options = TorchOptions(dataclasses.replace(TORCH_OPTIONS, linear_solver=linear_solver), warm_start=False)
+        shooting = TorchShooting(van_der_pol_problem(), transcription, options)
 
         def solve():
             r = shooting.solve(raise_on_failure=False)
@@ -161,15 +171,20 @@ METHODS = [
     ("ours multiple (MX, expand=False)", ours("multiple", expand=False)),
 ]
 TORCH_METHODS = [
-    ("torch single", torch_shooting("single")),
-    ("torch multiple", torch_shooting("multiple")),
+    ("torch single (dense)", torch_shooting("single", "dense")),
+    ("torch multiple (dense)", torch_shooting("multiple", "dense")),
+]
+MATRIX_FREE_METHODS = [  # single shooting only: matrix-free multiple shooting takes over three minutes
+    ("torch single (cg)", torch_shooting("single", "cg")),
 ]
 RATIOS = [
     ("ours/plain single", "ours single", "plain single"),
     ("ours/plain multiple", "ours multiple", "plain multiple"),
     ("ours (MX)/plain single", "ours single (MX, expand=False)", "plain single"),
     ("ours (MX)/plain multiple", "ours multiple (MX, expand=False)", "plain multiple"),
-    ("torch multiple/plain multiple", "torch multiple", "plain multiple"),
+    ("torch single (dense)/ours multiple", "torch single (dense)", "ours multiple"),
+    ("torch multiple (dense)/ours multiple", "torch multiple (dense)", "ours multiple"),
+    ("torch single (cg)/(dense)", "torch single (cg)", "torch single (dense)"),
 ]
 
 
@@ -197,12 +212,15 @@ def measure(setup, repeats: int, builds: int, untimed_first: bool = True) -> dic
 
 def van_der_pol_section(args) -> dict:
     rows = {name: measure(setup, args.repeats, args.builds) for name, setup in METHODS}
-    rows.update({name: measure(setup, args.torch_repeats, 1, untimed_first=False) for name, setup in TORCH_METHODS})
+    rows.update({name: measure(setup, args.torch_repeats, 1) for name, setup in TORCH_METHODS})
+    rows.update({name: measure(setup, 1, 1, untimed_first=False) for name, setup in MATRIX_FREE_METHODS})
     ratios = {key: rows[a]["solve_median_s"] / rows[b]["solve_median_s"] for key, a, b in RATIOS}
 
     print(f"## Van der Pol (N=20, RK4 x4), cold solves; optimum {VAN_DER_POL_OPTIMUM}\n")
-    print(f"CasADi rows: IPOPT tol {TOL:g}, {args.repeats} repeats. Torch rows: default TorchOptions "
-          f"(Levenberg-Marquardt + augmented Lagrangian, float64), {args.torch_repeats} repeat(s).")
+    print(f"CasADi rows: IPOPT tol {TOL:g}, {args.repeats} repeats. Torch rows: Levenberg-Marquardt + augmented "
+          f"Lagrangian, float64, tol {TORCH_OPTIONS.tol:g}, constraint_tol {TORCH_OPTIONS.constraint_tol:g}; "
+          f"dense steps: {args.torch_repeats} repeat(s) after an untimed solve; matrix-free (cg, "
+          f"{TORCH_OPTIONS.cg_iterations} CG iterations, cg_tol {TORCH_OPTIONS.cg_tol:g}): one solve.")
     print("'ours' CasADi rows use expand=True (SX evaluation) while the plain example uses MX; "
           "the '(MX, expand=False)' rows are the like-for-like comparison.\n")
     print("| method | build ms (median) | solve ms (median) | solve ms (max) | iterations | objective "
@@ -223,6 +241,7 @@ def van_der_pol_section(args) -> dict:
         "tol": TOL,
         "repeats": args.repeats,
         "torch_repeats": args.torch_repeats,
+        "torch_options": dataclasses.asdict(TORCH_OPTIONS),
         "builds": args.builds,
         "methods": rows,
         "ratios_solve_median": ratios,
@@ -389,7 +408,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed solves per CasADi row")
     parser.add_argument("--builds", type=int, default=3, help="builds per CasADi row")
-    parser.add_argument("--torch-repeats", type=int, default=1, help="timed solves per torch Van der Pol row")
+    parser.add_argument("--torch-repeats", type=int, default=3, help="timed solves per dense torch Van der Pol row")
     parser.add_argument("--transition-repeats", type=int, default=3, help="plans per transition shooting row")
     parser.add_argument("--out", type=Path, default=Path("results/shooting.json"))
     args = parser.parse_args()

@@ -1,10 +1,10 @@
-"""The matrix-free torch backend: Van der Pol, flows at latent scale, transitions, failures."""
+"""The torch backend: Van der Pol, dense and matrix-free steps, flows at latent scale, transitions, failures."""
 
 import pytest
 import torch
 
 from flowctl import CountedDynamics, GaussianMixtureFlow, NFECounter, NonFiniteError, ShapeError, SigmaGrid, integrate
-from flowctl.errors import UnknownNameError
+from flowctl.errors import InvalidArgumentError, UnknownNameError
 from flowctl.metrics import psnr
 from flowctl.ocp import (
     VAN_DER_POL_OPTIMUM,
@@ -16,20 +16,105 @@ from flowctl.ocp import (
     TorchShooting,
     van_der_pol_problem,
 )
+from flowctl.ocp.least_squares import Residuals, solve_least_squares
 from flowctl.ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from flowctl.sampling import Grid
 from flowctl.schedules import LinearSchedule, StepSchedule
+from flowctl.systems import DoubleIntegrator, LinearSystem, ops
+
+F64 = torch.float64
 
 
 @pytest.mark.parametrize("transcription", ["single", "multiple"])
-def test_van_der_pol_within_1e_3_of_the_optimum(transcription):
-    result = TorchShooting(van_der_pol_problem(), transcription).solve()
+def test_van_der_pol_reaches_the_optimum_to_1e_6(transcription):
+    options = TorchOptions(LeastSquaresOptions(tol=1e-8, constraint_tol=1e-8), warm_start=False)
+    result = TorchShooting(van_der_pol_problem(), transcription, options).solve()
     assert result.status is SolveStatus.SOLVED
-    assert abs(result.objective - VAN_DER_POL_OPTIMUM) < 1e-3
-    assert result.constraint_violation < 1e-5  # x1 >= -0.25 (active) and |u| <= 1, by the augmented Lagrangian
-    assert float(result.states[1:, 0].min()) > -0.25 - 1e-5
-    assert result.nfe["forward"] > 0 and result.nfe["jvp"] > 0 and result.nfe["vjp"] > 0
+    assert abs(result.objective - VAN_DER_POL_OPTIMUM) < 1e-6
+    assert result.constraint_violation < 1e-7  # x1 >= -0.25 (active) and |u| <= 1, by the augmented Lagrangian
+    assert float(result.states[1:, 0].min()) > -0.25 - 1e-7
+    assert result.states.shape == (21, 2) and result.controls.shape == (20, 1)
+    # 20 or 60 unknowns: dense steps, J from one forward product per unknown after recording J'w
+    unknowns = 20 if transcription == "single" else 60
+    assert result.nfe["forward"] > 0 and result.nfe["jvp"] == unknowns * result.nfe["vjp"] > 0
     assert result.iterations > 0 and result.wall_time > 0
+
+
+LINEAR_QUADRATIC = OptimalControlProblem(
+    dynamics=DoubleIntegrator(), grid=Grid.uniform(0.0, 2.0, 6), x0=torch.tensor([1.0, 0.0], dtype=F64),
+    stage_residual=lambda x, u, t: ops.concat(x, u), terminal_residual=lambda x: x, method="euler",
+)
+# 8 unknowns (additive controls), 2 residuals: the dense Jacobian comes from reverse products
+UNDERDETERMINED = OptimalControlProblem(
+    dynamics=LinearSystem([[0.0, 1.0], [-1.0, 0.0]]), grid=Grid.uniform(0.0, 1.0, 4),
+    x0=torch.tensor([1.0, 0.0], dtype=F64), control="additive",
+    terminal_residual=lambda x: x - torch.tensor([0.0, 1.0], dtype=F64), method="euler",
+)
+SMALL = {
+    "van der pol, single": (van_der_pol_problem(intervals=4, horizon=4.0, substeps=1), "single"),
+    "linear-quadratic, single": (LINEAR_QUADRATIC, "single"),
+    "linear-quadratic, multiple": (LINEAR_QUADRATIC, "multiple"),
+    "underdetermined, single": (UNDERDETERMINED, "single"),
+}
+
+
+def _solve(name: str, linear_solver: str, **least_squares):
+    problem, transcription = SMALL[name]
+    options = LeastSquaresOptions(linear_solver=linear_solver, **least_squares)
+    return TorchShooting(problem, transcription, TorchOptions(options, warm_start=False)).solve()
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_dense_and_matrix_free_steps_reach_the_same_solution(name):
+    # tight tolerances, and conjugate gradients run to round-off (n <= cg_iterations), so the two
+    # paths take the same Levenberg-Marquardt steps
+    tight = {"tol": 1e-10, "constraint_tol": 1e-9, "cg_tol": 1e-12}
+    dense, cg = _solve(name, "dense", **tight), _solve(name, "cg", **tight)
+    torch.testing.assert_close(dense.controls, cg.controls, atol=1e-8, rtol=0)
+    torch.testing.assert_close(dense.states, cg.states, atol=1e-8, rtol=0)
+    assert abs(dense.objective - cg.objective) <= 1e-10 * max(1.0, cg.objective)
+    assert dense.iterations == cg.iterations
+
+
+def test_dense_jacobians_count_one_product_per_direction():
+    # n = 6 <= m = 20: per linearisation one reverse pass records J'w, then 6 forward products
+    result = _solve("linear-quadratic, single", "dense")
+    assert result.nfe["jvp"] == 6 * result.nfe["vjp"] > 0
+    # n = 8 > m = 2: 2 reverse products of the 4 model calls of a pass, and no forward products
+    result = _solve("underdetermined, single", "dense")
+    assert "jvp" not in result.nfe and result.nfe["vjp"] % (2 * 4) == 0 and result.nfe["vjp"] > 0
+
+
+def test_auto_solves_densely_up_to_the_threshold():
+    options = LeastSquaresOptions()
+    assert (options.linear_solver, options.dense_max_unknowns) == ("auto", 100)
+    assert options.linear_solver_for(100) == "dense" and options.linear_solver_for(101) == "cg"
+    assert LeastSquaresOptions(linear_solver="dense").linear_solver_for(10**6) == "dense"
+    assert LeastSquaresOptions(linear_solver="cg").linear_solver_for(1) == "cg"
+
+    def fn(z):
+        return Residuals([z[0] - 1.0], [], [])
+
+    for threshold, expected in ((3, "dense"), (2, "cg")):
+        options = LeastSquaresOptions(dense_max_unknowns=threshold)
+        outcome = solve_least_squares(fn, [torch.zeros(3, dtype=F64)], options, NFECounter())
+        assert outcome.linear_solver == expected and outcome.status == "solved"
+        torch.testing.assert_close(outcome.z[0], torch.ones(3, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"linear_solver": "cholesky"}, UnknownNameError),
+        ({"linear_solver": None}, UnknownNameError),
+        ({"dense_max_unknowns": -1}, InvalidArgumentError),
+        ({"dense_max_unknowns": 2.5}, InvalidArgumentError),
+    ],
+)
+def test_bad_linear_solver_options_are_refused_by_name(kwargs, error):
+    with pytest.raises(error) as err:
+        LeastSquaresOptions(**kwargs)
+    assert err.value.argument == next(iter(kwargs))
 
 
 def _mixture(dtype=torch.float64, k=16, shape=(2, 6, 6), seed=0):

@@ -1,26 +1,43 @@
-"""Matrix-free Levenberg-Marquardt for least squares, with an augmented Lagrangian for constraints.
+"""Levenberg-Marquardt for least squares, with an augmented Lagrangian for constraints.
 
-Minimises ``sum |r(z)|^2`` over a list of tensors ``z``. Each step solves
-``(J'J + mu I) dz = -J'r`` by conjugate gradients on products only: ``J'w`` is a reverse-mode
-product through the recorded residual graph, and ``J v`` the derivative of ``J'w`` in ``w``
-(reverse over reverse), so each product reuses one forward pass of the model and no matrix of
-the unknowns' size squared is ever formed. Constraints ``c(z) = 0`` and ``g(z) <= 0`` enter as
-extra residuals ``sqrt(rho / 2) (c + y / rho)`` and ``sqrt(rho / 2) max(0, g + y / rho)``
-(Powell-Hestenes-Rockafellar), whose multipliers ``y`` are updated between inner solves.
+Minimises ``sum |r(z)|^2`` over a list of tensors ``z`` (``n`` scalars; ``m`` residuals). Each
+step solves the damped normal equations ``(J'J + mu I) dz = -J'r`` at a point whose residual pass
+was recorded by autograd, in one of two ways (:attr:`LeastSquaresOptions.linear_solver`):
+
+- "cg", matrix-free: conjugate gradients on products only. ``J'w`` is a reverse-mode product
+  through the recorded pass, and ``J v`` the derivative of ``J'w`` in ``w`` (reverse over
+  reverse), so no product re-runs the model and no ``n x n`` or ``m x n`` matrix is formed.
+- "dense", for few unknowns: ``J`` itself, from the ``min(n, m)`` products ``J e_i`` (or
+  ``J' e_j``) batched into one vectorised pass, and a direct solve of the ``n x n`` equations.
+
+The rest is shared, so both paths take the same steps up to the accuracy of conjugate gradients:
+damping updates, acceptance, stopping rules and constraints. Constraints ``c(z) = 0`` and
+``g(z) <= 0`` enter as extra residuals ``sqrt(rho / 2) (c + y / rho)`` and
+``sqrt(rho / 2) max(0, g + y / rho)`` (Powell-Hestenes-Rockafellar), whose multipliers ``y`` are
+updated between inner solves, until the constraints hold and no multiplier holds the iterate off
+its bound. A trial point is evaluated with its pass recorded, so an accepted step needs no further
+pass, and a rejected one re-solves the current point's equations with more damping.
+
+Model evaluations are counted on the counter the residuals report to: a pass counts its forward
+calls; a product, and each direction of a batched one, counts the forward calls of its point's
+pass as "jvp" or "vjp"; so does recording ``J'w`` (a reverse pass) for the ``J v`` products.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from .._checks import check_int, check_real
 from ..dynamics import NFECounter
+from ..errors import UnknownNameError
 
 Tensors = list[torch.Tensor]
+
+LINEAR_SOLVERS = ("auto", "dense", "cg")
 
 
 @dataclass(frozen=True)
@@ -31,15 +48,24 @@ class LeastSquaresOptions:
         max_iterations: Levenberg-Marquardt steps in all (inner iterations summed).
         tol: stop an inner solve when a step changes the cost by less than ``tol`` relative,
             or the gradient's largest entry is below ``tol``.
-        constraint_tol: largest constraint violation accepted as feasible.
-        cg_iterations: conjugate-gradient iterations per step.
-        cg_tol: relative residual at which conjugate gradients stop.
+        constraint_tol: largest constraint violation accepted as feasible; also how far an
+            inequality whose multiplier ``y`` is positive may sit off its bound
+            (``|max(g, -y / rho)|``), so that a solve does not end inside the feasible set with
+            an overestimated multiplier.
+        cg_iterations: conjugate-gradient iterations per step (linear solver "cg").
+        cg_tol: relative residual at which conjugate gradients stop (linear solver "cg").
         damping: initial Levenberg-Marquardt damping, as a fraction of the gradient's largest
             entry (at least of 1); adapted after every step.
         penalty: initial augmented-Lagrangian penalty rho.
         max_outer: augmented-Lagrangian updates at most.
         max_nfe: bound on the model evaluations of one solve (forward calls plus the model calls
             that JVP and VJP products differentiate); None for none.
+        linear_solver: how a step solves its normal equations: "cg" (matrix-free conjugate
+            gradients: up to ``2 cg_iterations + 2`` products per step, memory linear in the
+            unknowns), "dense" (the Jacobian from ``min(n, m)`` products per accepted step, one
+            vectorised pass, then a direct solve; memory ``m x n``), or "auto": dense up to
+            ``dense_max_unknowns`` unknowns, cg above.
+        dense_max_unknowns: the most unknowns (scalars in ``z``) that "auto" solves densely.
     """
 
     max_iterations: int = 100
@@ -51,6 +77,8 @@ class LeastSquaresOptions:
     penalty: float = 100.0
     max_outer: int = 30
     max_nfe: float | None = None
+    linear_solver: str = "auto"
+    dense_max_unknowns: int = 100
 
     def __post_init__(self) -> None:
         check_int("max_iterations", self.max_iterations, minimum=1)
@@ -63,15 +91,29 @@ class LeastSquaresOptions:
         check_int("max_outer", self.max_outer, minimum=1)
         if self.max_nfe is not None:
             check_real("max_nfe", self.max_nfe, positive=True)
+        if not (isinstance(self.linear_solver, str) and self.linear_solver in LINEAR_SOLVERS):
+            raise UnknownNameError("linear_solver", self.linear_solver, list(LINEAR_SOLVERS))
+        check_int("dense_max_unknowns", self.dense_max_unknowns, minimum=0)
+
+    def linear_solver_for(self, unknowns: int) -> str:
+        """The linear solver ("dense" or "cg") a problem with ``unknowns`` scalars gets."""
+        if self.linear_solver != "auto":
+            return self.linear_solver
+        return "dense" if unknowns <= self.dense_max_unknowns else "cg"
 
 
 @dataclass(frozen=True)
 class Residuals:
-    """The residual blocks at one point: objective terms, equalities and inequalities."""
+    """The residual blocks at one point: objective terms, equalities and inequalities.
+
+    ``aux`` is anything else the residual function wants back with the solution (the torch
+    backend: the states at the nodes); the solver only passes it through.
+    """
 
     objective: Tensors
     equalities: Tensors
     inequalities: Tensors
+    aux: Any = None
 
 
 ResidualFn = Callable[[Tensors], Residuals]
@@ -79,12 +121,73 @@ ResidualFn = Callable[[Tensors], Residuals]
 
 @dataclass
 class LeastSquaresOutcome:
+    """How a solve ended; ``linear_solver`` is the path taken, ``aux`` the residual function's
+    :attr:`Residuals.aux` at ``z`` as it returned it (with its graph: detach it to keep it)."""
+
     z: Tensors
     objective: float
     violation: float
     iterations: int
     status: str  # "solved", "max_iterations", "nfe_limit", "failed"
     message: str
+    linear_solver: str  # "dense" or "cg"
+    aux: Any
+
+
+class _Point:
+    """The unknowns ``z`` (leaves that require grad) and the residual vector ``R`` at them: the
+    objective, equality and inequality blocks flattened and concatenated, with the graph of the
+    one pass that computed them (``calls``: the model's forward calls in it).
+
+    Products with ``J = dR/dz`` (``m x n``) go through that graph and are counted; a 2-D argument
+    is a batch of directions (first axis), done in one vectorised pass. ``J'w`` (recorded for the
+    ``J v`` products) and ``J`` itself are kept, so a multiplier update does not re-linearise.
+    """
+
+    def __init__(self, fn: ResidualFn, z: Tensors, counter: NFECounter):
+        before = counter.by_kind["forward"]
+        with torch.enable_grad():
+            self.z = [t.detach().requires_grad_(True) for t in z]
+            res = fn(self.z)
+            blocks = [_cat(ts) if ts else self.z[0].new_zeros(0) for ts in (res.objective, res.equalities, res.inequalities)]
+            self.residual = torch.cat(blocks)
+        self.objective, self.equalities, self.inequalities = (b.detach() for b in blocks)
+        self.aux = res.aux
+        self.calls = counter.by_kind["forward"] - before
+        self.counter = counter
+        self._w: torch.Tensor | None = None
+        self._jt_w: Tensors = []
+        self._jacobian: torch.Tensor | None = None
+
+    def jt(self, v: torch.Tensor) -> torch.Tensor:
+        """``J'v`` (``v``: ``m``, or ``k x m``): reverse-mode products."""
+        batch = v.shape[0] if v.dim() == 2 else None
+        self.counter.add(self.calls * (1 if batch is None else batch), kind="vjp")
+        return _cat(_grad([self.residual], self.z, [v], batch=batch), v.shape[:-1]).detach()
+
+    def j(self, v: torch.Tensor) -> torch.Tensor:
+        """``J v`` (``v``: ``n``, or ``k x n``): the derivative of ``J'w`` in ``w``."""
+        if self._w is None:
+            self._w = torch.zeros_like(self.residual, requires_grad=True)
+            self._jt_w = _grad([self.residual], self.z, [self._w], create_graph=True)
+            self.counter.add(self.calls, kind="vjp")
+        batch = v.shape[0] if v.dim() == 2 else None
+        self.counter.add(self.calls * (1 if batch is None else batch), kind="jvp")
+        (jv,) = _grad(self._jt_w, [self._w], _split(v, self.z), batch=batch)
+        return jv.detach()
+
+    def jacobian(self) -> torch.Tensor:
+        """``J`` from ``n`` products ``J e_i`` when ``n <= m``, else ``m`` products ``J' e_j``."""
+        if self._jacobian is None:
+            n, m = sum(t.numel() for t in self.z), self.residual.numel()
+            if n <= m:
+                self._jacobian = self.j(torch.eye(n, dtype=self.z[0].dtype, device=self.z[0].device)).T
+            else:
+                self._jacobian = self.jt(torch.eye(m, dtype=self.residual.dtype, device=self.residual.device))
+        return self._jacobian
+
+
+Merit = Callable[[_Point], tuple[torch.Tensor, torch.Tensor]]
 
 
 def solve_least_squares(
@@ -92,149 +195,177 @@ def solve_least_squares(
 ) -> LeastSquaresOutcome:
     """Minimise ``sum |objective|^2`` subject to ``equalities == 0``, ``inequalities <= 0``."""
     nfe_limit = None if options.max_nfe is None else counter.total + options.max_nfe
-    z = [t.detach().clone() for t in z0]
-    res = fn(z)
-    y_eq = [torch.zeros_like(c) for c in res.equalities]
-    y_in = [torch.zeros_like(g) for g in res.inequalities]
+    linear_solver = options.linear_solver_for(sum(t.numel() for t in z0))
+    evaluate = lambda z: _Point(fn, z, counter)  # noqa: E731
+    point = evaluate(z0)
+    y_eq = torch.zeros_like(point.equalities)
+    y_in = torch.zeros_like(point.inequalities)
     rho = options.penalty
     iterations = 0
-    violation = _violation(res)
+    error = _kkt_error(point, y_in, rho)
+
+    def outcome(status: str, message: str) -> LeastSquaresOutcome:
+        z = [t.detach().clone() for t in point.z]  # not views of one buffer
+        return LeastSquaresOutcome(z, _sumsq(point.objective), _violation(point), iterations, status, message, linear_solver, point.aux)
+
     for _ in range(options.max_outer):
-        merit = _merit(fn, y_eq, y_in, rho)
-        z, iterations, status, message = _levenberg_marquardt(merit, z, options, counter, iterations, nfe_limit)
-        res = fn(z)
-        previous, violation = violation, _violation(res)
-        if status != "solved":
-            return LeastSquaresOutcome(z, _sumsq(res.objective), violation, iterations, status, message)
-        if violation <= options.constraint_tol:
-            return LeastSquaresOutcome(z, _sumsq(res.objective), violation, iterations, "solved", message)
-        y_eq = [y + rho * c.detach() for y, c in zip(y_eq, res.equalities)]
-        y_in = [torch.clamp(y + rho * g.detach(), min=0) for y, g in zip(y_in, res.inequalities)]
-        if violation > 0.25 * previous:
+        merit = _merit(y_eq, y_in, rho)
+        point, iterations, status, message = _levenberg_marquardt(
+            evaluate, merit, point, options, counter, iterations, nfe_limit, linear_solver == "dense"
+        )
+        previous, error = error, _kkt_error(point, y_in, rho)
+        if status != "solved" or error <= options.constraint_tol:
+            return outcome(status, message)
+        y_eq = y_eq + rho * point.equalities
+        y_in = torch.clamp(y_in + rho * point.inequalities, min=0)
+        if error > 0.25 * previous:
             rho *= 10.0
-    return LeastSquaresOutcome(
-        z, _sumsq(res.objective), violation, iterations, "failed",
-        f"constraint violation {violation:.3g} after {options.max_outer} multiplier updates",
-    )
+    return outcome("failed", f"constraint violation {_violation(point):.3g} after {options.max_outer} multiplier updates")
 
 
-def _merit(fn: ResidualFn, y_eq: Tensors, y_in: Tensors, rho: float) -> Callable[[Tensors], Tensors]:
+def _merit(y_eq: torch.Tensor, y_in: torch.Tensor, rho: float) -> Merit:
+    """The residual vector ``r`` the inner solve minimises (objective and penalised constraints)
+    as a function of ``R``, elementwise: ``r`` and its derivative ``d``, so ``dr/dz = d J``."""
     scale = math.sqrt(rho / 2)
 
-    def merit(z: Tensors) -> Tensors:
-        res = fn(z)
-        return (
-            list(res.objective)
-            + [scale * (c + y / rho) for c, y in zip(res.equalities, y_eq)]
-            + [scale * torch.clamp(g + y / rho, min=0) for g, y in zip(res.inequalities, y_in)]
-        )
+    def merit(p: _Point) -> tuple[torch.Tensor, torch.Tensor]:
+        shifted = p.inequalities + y_in / rho
+        r = torch.cat([p.objective, scale * (p.equalities + y_eq / rho), scale * torch.clamp(shifted, min=0)])
+        d = torch.cat([torch.ones_like(p.objective), torch.full_like(p.equalities, scale), scale * (shifted >= 0).to(shifted.dtype)])
+        return r, d
 
     return merit
 
 
 def _levenberg_marquardt(
-    merit: Callable[[Tensors], Tensors],
-    z: Tensors,
+    evaluate: Callable[[Tensors], _Point],
+    merit: Merit,
+    point: _Point,
     options: LeastSquaresOptions,
     counter: NFECounter,
     iterations: int,
     nfe_limit: float | None,
-) -> tuple[Tensors, int, str, str]:
+    dense: bool,
+) -> tuple[_Point, int, str, str]:
     mu = None
     nu = 2.0
+    r, d = merit(point)
+    linearised = False
     while iterations < options.max_iterations:
         if nfe_limit is not None and counter.total >= nfe_limit:
-            return z, iterations, "nfe_limit", f"model-evaluation bound {options.max_nfe:g} reached"
-        before = counter.by_kind["forward"]
-        with torch.enable_grad():
-            zg = [t.detach().requires_grad_(True) for t in z]
-            r = merit(zg)
-            calls = counter.by_kind["forward"] - before  # model calls in one pass of the residual
-            # J'w with w symbolic: differentiating it in w gives J v without re-running the model.
-            w = [torch.zeros_like(t, requires_grad=True) for t in r]
-            jt_w = _grad(r, zg, w, create_graph=True)
-        cost = _sumsq(r)
-        if not math.isfinite(cost):
-            return z, iterations, "failed", "the residual is not finite"
-
-        def jt(v: Tensors) -> Tensors:
-            counter.add(calls, kind="vjp")
-            return [t.detach() for t in _grad(r, zg, v)]
-
-        def j(v: Tensors) -> Tensors:
-            counter.add(calls, kind="jvp")
-            return [t.detach() for t in _grad(jt_w, w, v)]
-
-        g = jt([t.detach() for t in r])  # half the gradient of sum |r|^2
-        g_max = max(float(t.abs().max()) for t in g) if g else 0.0
-        if g_max <= options.tol:
-            return z, iterations, "solved", "gradient below tolerance"
-        if mu is None:
-            mu = options.damping * max(g_max, 1.0)
-        step = _cg(lambda v: [a + mu * b for a, b in zip(jt(j(v)), v)], [-t for t in g], options)
-        if math.sqrt(_dot(step, step)) <= options.tol * (math.sqrt(_dot(z, z)) + options.tol):
-            return z, iterations, "solved", "step below tolerance"
+            return point, iterations, "nfe_limit", f"model-evaluation bound {options.max_nfe:g} reached"
+        if not linearised:  # a new point: its cost, gradient (half that of sum |r|^2) and, dense, J'J
+            linearised = True
+            cost = _sumsq(r)
+            if not math.isfinite(cost):
+                return point, iterations, "failed", "the residual is not finite"
+            if dense:
+                jac = d[:, None] * point.jacobian()
+                g, normal = jac.T @ r, jac.T @ jac
+            else:
+                g = point.jt(d * r)
+            g_max = float(g.abs().max()) if g.numel() else 0.0
+            if g_max <= options.tol:
+                return point, iterations, "solved", "gradient below tolerance"
+            z = _cat(point.z).detach()
+            if mu is None:
+                mu = options.damping * max(g_max, 1.0)
+        if dense:
+            step = torch.linalg.solve(normal + mu * torch.eye(len(g), dtype=g.dtype, device=g.device), -g)
+        else:
+            step = _cg(lambda v: point.jt(d * d * point.j(v)) + mu * v, -g, options)
+        if _norm(step) <= options.tol * (_norm(z) + options.tol):
+            return point, iterations, "solved", "step below tolerance"
         # cost - |r + J s|^2 = s'(mu s - g) when (J'J + mu I) s = -g
-        predicted = _dot(step, [mu * s - t for s, t in zip(step, g)])
+        predicted = float(step @ (mu * step - g))
         if predicted <= options.tol * cost:
-            return z, iterations, "solved", "predicted decrease below tolerance"
-        trial = [a + b for a, b in zip(z, step)]
-        with torch.no_grad():
-            new_cost = _sumsq(merit(trial))
+            return point, iterations, "solved", "predicted decrease below tolerance"
+        trial = evaluate(_split(z + step, point.z))
+        r_trial, d_trial = merit(trial)
+        new_cost = _sumsq(r_trial)
         iterations += 1
         ratio = (cost - new_cost) / predicted
         if math.isfinite(new_cost) and ratio > 0:
-            z = [t.detach() for t in trial]
+            point, r, d, linearised = trial, r_trial, d_trial, False
             mu *= max(1 / 3, 1 - (2 * ratio - 1) ** 3)
             nu = 2.0
             if cost - new_cost <= options.tol * max(cost, 1e-300):
-                return z, iterations, "solved", "cost change below tolerance"
+                return point, iterations, "solved", "cost change below tolerance"
         else:
             mu *= nu
             nu *= 2.0
-    return z, iterations, "max_iterations", f"{options.max_iterations} Levenberg-Marquardt steps"
+    return point, iterations, "max_iterations", f"{options.max_iterations} Levenberg-Marquardt steps"
 
 
-def _grad(outputs: Tensors, inputs: Tensors, grad_outputs: Tensors, *, create_graph: bool = False) -> Tensors:
-    """``sum_i grad_outputs_i . d outputs_i / d inputs``; constant outputs and unused inputs count 0."""
+def _grad(
+    outputs: Tensors, inputs: Tensors, grad_outputs: Tensors, *, create_graph: bool = False, batch: int | None = None
+) -> Tensors:
+    """``sum_i grad_outputs_i . d outputs_i / d inputs``; constant outputs and unused inputs count 0.
+
+    With ``batch``, every ``grad_outputs_i`` holds that many directions on a leading axis, and so
+    does every result.
+    """
+    lead = () if batch is None else (batch,)
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
-    if not pairs:
-        return [torch.zeros_like(x) for x in inputs]
-    grads = torch.autograd.grad(
-        [o for o, _ in pairs], inputs, [g for _, g in pairs],
-        retain_graph=True, create_graph=create_graph, allow_unused=True,
-    )
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
+    grads = [None] * len(inputs)
+    if pairs:
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], inputs, [g for _, g in pairs],
+            retain_graph=True, create_graph=create_graph, allow_unused=True, is_grads_batched=batch is not None,
+        )
+    return [x.new_zeros(lead + x.shape) if g is None else g for g, x in zip(grads, inputs)]
 
 
-def _cg(apply: Callable[[Tensors], Tensors], b: Tensors, options: LeastSquaresOptions) -> Tensors:
-    x = [torch.zeros_like(t) for t in b]
-    r = [t.clone() for t in b]
-    p = [t.clone() for t in b]
-    rs = _dot(r, r)
+def _cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, options: LeastSquaresOptions) -> torch.Tensor:
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rs = float(r @ r)
     stop = (options.cg_tol**2) * rs
     for _ in range(options.cg_iterations):
         ap = apply(p)
-        alpha = rs / _dot(p, ap)
-        x = [a + alpha * b for a, b in zip(x, p)]
-        r = [a - alpha * b for a, b in zip(r, ap)]
-        rs_new = _dot(r, r)
+        alpha = rs / float(p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = float(r @ r)
         if rs_new <= stop:
             break
-        p = [a + (rs_new / rs) * b for a, b in zip(r, p)]
+        p = r + (rs_new / rs) * p
         rs = rs_new
     return x
 
 
-def _dot(a: Tensors, b: Tensors) -> float:
-    return float(sum((x * y).sum() for x, y in zip(a, b)))
+def _cat(ts: Tensors, lead: tuple[int, ...] = ()) -> torch.Tensor:
+    """The tensors flattened and concatenated, each keeping its leading (batch) axes ``lead``."""
+    return torch.cat([t.reshape(*lead, -1) for t in ts], dim=-1)
 
 
-def _sumsq(ts: Tensors) -> float:
-    return float(sum(t.detach().square().sum() for t in ts))
+def _split(v: torch.Tensor, like: Tensors) -> Tensors:
+    """Inverse of :func:`_cat`: views of ``v`` (last axis ``n``) shaped like the tensors ``like``."""
+    lead = v.shape[:-1]
+    parts = v.split([t.numel() for t in like], dim=-1)
+    return [part.reshape(*lead, *t.shape) for part, t in zip(parts, like)]
 
 
-def _violation(res: Residuals) -> float:
-    eq = max((float(c.detach().abs().max()) for c in res.equalities if c.numel()), default=0.0)
-    ineq = max((float(g.detach().clamp(min=0).max()) for g in res.inequalities if g.numel()), default=0.0)
-    return max(eq, ineq)
+def _norm(v: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(v))
+
+
+def _sumsq(v: torch.Tensor) -> float:
+    return float(v.square().sum())
+
+
+def _violation(p: _Point) -> float:
+    """The largest constraint violation: ``|c|`` and ``max(0, g)``."""
+    return _max_abs(p.equalities, p.inequalities.clamp(min=0))
+
+
+def _kkt_error(p: _Point, y_in: torch.Tensor, rho: float) -> float:
+    """The violation, and for each inequality how far its multiplier ``y`` is from consistent:
+    ``|max(g, -y / rho)|`` is 0 for an active constraint (``g = 0``) and for an inactive one
+    without multiplier; an inactive one with ``y > 0`` holds the iterate off its bound."""
+    return _max_abs(p.equalities, torch.maximum(p.inequalities, -y_in / rho))
+
+
+def _max_abs(*vs: torch.Tensor) -> float:
+    return max((float(v.abs().max()) for v in vs if v.numel()), default=0.0)
