@@ -240,8 +240,8 @@ STRATEGIES = [
     Blend("linear"),
     Blend("sigmoid"),
     ClosedFormController(),
-    MathAttention(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9)),
-    MathAttention(ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9), max_replans=0)),
+    MathAttention(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact")),
+    MathAttention(ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact"), max_replans=0)),
 ]
 
 

@@ -133,9 +133,23 @@ def test_bad_costs_and_velocities_are_typed_errors(setup):
         TransitionRequest(flow, wrong, w_a, w_b)
 
 
-def test_shooting_that_does_not_fit_continues_as_the_direct_switch(setup):
+@pytest.mark.parametrize("transcription", ["single", "multiple"])
+def test_shooting_and_mpc_on_the_surrogate_cost_one_evaluation_more_than_the_direct_switch(setup, transcription):
+    *_, reference = setup
     direct = DirectSwitch().run(request(setup))
-    for planner in (Shooting(solver=LeastSquaresOptions(max_iterations=2)), ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=2)))):
+    shooting = Shooting(transcription, solver=LeastSquaresOptions(max_iterations=3))
+    for planner in (shooting, ShootingMPC(shooting)):
+        result = planner.run(request(setup))
+        assert result.nfe == {"forward": direct.nfe["forward"] + 1}  # no JVP, no VJP, no blended second side
+        assert result.status is not SolveStatus.BUDGET and "planning" in result.phases
+    starved = Shooting(transcription, budget=0.0).run(request(setup))
+    assert starved.status is SolveStatus.BUDGET and starved.nfe == direct.nfe
+
+
+def test_shooting_on_the_exact_model_that_does_not_fit_continues_as_the_direct_switch(setup):
+    direct = DirectSwitch().run(request(setup))
+    exact = Shooting(solver=LeastSquaresOptions(max_iterations=2), model="exact")
+    for planner in (exact, ShootingMPC(exact)):
         result = planner.run(request(setup))
         assert result.status is SolveStatus.BUDGET
         assert torch.equal(result.final, direct.final)

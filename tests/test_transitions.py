@@ -43,7 +43,7 @@ def request(setup, cond_b=None, horizon=H):
 
 
 def test_every_strategy_meets_the_interface():
-    for s in (DirectSwitch(), Blend(), ClosedFormController(), Shooting(budget=UNCAPPED), ShootingMPC()):
+    for s in (DirectSwitch(), Blend(), ClosedFormController(), Shooting(budget=UNCAPPED, model="exact"), ShootingMPC()):
         assert isinstance(s, Strategy) and s.name
 
 
@@ -80,7 +80,7 @@ def test_noise_anchored_shooting_beats_the_direct_switch(setup):
     *_, reference = setup
     req = request(setup)
     direct = DirectSwitch().run(req)
-    shot = Shooting("single", "noise", solver=LeastSquaresOptions(max_iterations=15), budget=UNCAPPED).run(req)
+    shot = Shooting("single", "noise", solver=LeastSquaresOptions(max_iterations=15), budget=UNCAPPED, model="exact").run(req)
     psnr = lambda x: float(metrics.psnr(x, reference, data_range=2.0).mean())  # noqa: E731
     assert psnr(shot.final) > psnr(direct.final) + 3.0
     assert shot.phases["planning"] > 0 and shot.nfe["vjp"] > 0
@@ -88,7 +88,7 @@ def test_noise_anchored_shooting_beats_the_direct_switch(setup):
 
 
 def test_multiple_shooting_executes_its_controls(setup):
-    result = Shooting("multiple", "noise", solver=LeastSquaresOptions(max_iterations=3), budget=UNCAPPED).run(request(setup))
+    result = Shooting("multiple", "noise", solver=LeastSquaresOptions(max_iterations=3), budget=UNCAPPED, model="exact").run(request(setup))
     assert result.final.shape == setup[3].final.shape and bool(torch.isfinite(result.final).all())
     assert result.status.value in ("solved", "max_iterations")
 
@@ -96,8 +96,8 @@ def test_multiple_shooting_executes_its_controls(setup):
 def test_shooting_mpc_follows_its_plan_on_an_exact_model(setup):
     req = request(setup)
     solver = LeastSquaresOptions(max_iterations=4)
-    planned = Shooting(solver=solver, budget=UNCAPPED).run(req)
-    combined = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED)).run(req)
+    planned = Shooting(solver=solver, budget=UNCAPPED, model="exact").run(req)
+    combined = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED, model="exact")).run(req)
     # the model is exact: the MPC's corrections only answer its own (diagonal, frozen)
     # linearisation's prediction error, so it stays near the plan and adds its JVPs
     assert float((combined.final - planned.final).norm() / planned.final.norm()) < 1e-2
@@ -107,8 +107,8 @@ def test_shooting_mpc_follows_its_plan_on_an_exact_model(setup):
 def test_shooting_mpc_replans_when_the_state_drifts(setup):
     req = request(setup)
     solver = LeastSquaresOptions(max_iterations=2)
-    calm = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED)).run(req)
-    nervous = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED), replan_tolerance=1e-15).run(req)
+    calm = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED, model="exact")).run(req)
+    nervous = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED, model="exact"), replan_tolerance=1e-15).run(req)
     assert nervous.nfe["vjp"] > calm.nfe["vjp"]  # each re-plan differentiates the model again
 
 
@@ -138,7 +138,7 @@ def test_shooting_mpc_needs_image_batches():
     grid = SigmaGrid.create(6, 3.0)
     run = integrate(flow, torch.randn(2, 6, dtype=torch.float64), grid, w)
     with pytest.raises(ShapeError):
-        ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), budget=UNCAPPED)).run(TransitionRequest(flow, run.resume_point(2), w, w))
+        ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), budget=UNCAPPED, model="exact")).run(TransitionRequest(flow, run.resume_point(2), w, w))
 
 
 class _NaNAboveNinety:
@@ -158,7 +158,7 @@ def test_a_model_that_returns_nan_is_a_typed_error(setup):
     with pytest.raises(FlowctlError):  # the mixture refuses the NaN state the broken model made
         DirectSwitch().run(broken)
     with pytest.raises(FlowctlError):  # the noise anchor evaluates B up to sigma = 1
-        Shooting(solver=LeastSquaresOptions(max_iterations=2), budget=UNCAPPED).run(TransitionRequest(_NaNAboveNinety(flow), run_a.resume_point(K), w_a, w_b))
+        Shooting(solver=LeastSquaresOptions(max_iterations=2), budget=UNCAPPED, model="exact").run(TransitionRequest(_NaNAboveNinety(flow), run_a.resume_point(K), w_a, w_b))
 
 
 @pytest.mark.parametrize("estimator", [DiagonalJacobian(radius=1), ColouredJacobian(block=(2, 2), radius=0)])
@@ -183,7 +183,7 @@ def test_one_coloured_estimate_serves_a_whole_image_batch(estimator):
 
 def test_shooting_mpc_with_patch_blocks(setup):
     solver = LeastSquaresOptions(max_iterations=2)
-    result = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED), jacobian=ColouredJacobian(block=(2, 2), radius=0)).run(request(setup))
+    result = ShootingMPC(Shooting(solver=solver, budget=UNCAPPED, model="exact"), jacobian=ColouredJacobian(block=(2, 2), radius=0)).run(request(setup))
     assert bool(torch.isfinite(result.final).all()) and result.nfe["jvp"] > 0
     with pytest.raises(InvalidArgumentError):
         ShootingMPC(jacobian=ColouredJacobian(radius=1))

@@ -37,6 +37,43 @@ from ..sampling import EULER, rk_step
 from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with, merged, planning_counter
 
 
+@dataclass(frozen=True, eq=False)
+class SecantStep:
+    """What the secant correction decided at A's cached state ``x`` (sigma ``s``, grid step k).
+
+    Attributes:
+        beta: per-sample step length along ``delta``, shape (B, 1, ...); 0 where no correction.
+        delta: the straight-flow offset ``-s (1 - s)(v_B(x) - v_A(x))``.
+        v_b: ``v_B(x)``, the direct switch's first evaluation.
+        v_trial: ``v_B(x + delta)`` (``v_b`` where no trial was made).
+        v_a: ``v_A(x)`` (None where the budget allowed no correction).
+        fallback: (B, 1, ...) True where the safeguard kept the direct switch.
+        status: SOLVED, or BUDGET where the budget allowed no correction.
+        message: why, where not SOLVED.
+    """
+
+    beta: torch.Tensor
+    delta: torch.Tensor
+    v_b: torch.Tensor
+    v_trial: torch.Tensor
+    v_a: torch.Tensor | None
+    fallback: torch.Tensor
+    status: SolveStatus
+    message: str = ""
+
+    def state(self, x: torch.Tensor) -> torch.Tensor:
+        """The corrected state (``x`` itself, bit for bit, where beta is 0)."""
+        return torch.where(self.beta == 0, x, x + self.beta * self.delta)
+
+    def velocity(self) -> torch.Tensor:
+        """B's velocity at the corrected state by secant interpolation (``v_b`` where beta is 0)."""
+        return torch.where(self.beta == 0, self.v_b, self.v_b + self.beta * (self.v_trial - self.v_b))
+
+    @property
+    def fallbacks(self) -> int:
+        return int(self.fallback.sum()) if self.status is SolveStatus.SOLVED else 0
+
+
 @dataclass(frozen=True)
 class SecantCorrection:
     """Correct A's cached state along the straight-flow offset, its length set by one secant step.
@@ -63,6 +100,23 @@ class SecantCorrection:
     def name(self) -> str:
         return "secant correction"
 
+    def step(self, request: TransitionRequest, v_b: torch.Tensor, planner: CountedDynamics) -> SecantStep:
+        """The correction at the request's state, given ``v_b = v_B(x)``; ``planner`` counts (and
+        caps) the evaluations it makes beyond that one."""
+        x, sigma = request.point.state, request.grid.t(request.step)
+        none = torch.zeros((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+        v_a = request.point.velocity
+        needed = request.cost["forward"] * (1 + (v_a is None))
+        if needed > self.budget:
+            message = f"needs {needed:g} NFE-equivalents, the budget is {self.budget:g}: continued as the direct switch"
+            return SecantStep(none, torch.zeros_like(x), v_b, v_b, None, none == 0, SolveStatus.BUDGET, message)
+        if v_a is None:
+            v_a = planner.velocity(x, sigma, request.cond_a)
+        delta = -sigma * (1 - sigma) * (v_b - v_a)
+        v_trial = planner.velocity(x + delta, sigma, request.cond_b)
+        beta = self._step_length((1 - sigma) * (v_b - v_a), delta + (1 - sigma) * (v_trial - v_b)).to(x.dtype)
+        return SecantStep(beta, delta, v_b, v_trial, v_a, beta == 0, SolveStatus.SOLVED)
+
     def run(self, request: TransitionRequest) -> TransitionResult:
         if request.point.method != "euler":
             raise InvalidArgumentError("point", f"the secant correction continues Euler runs, not {request.point.method!r}")
@@ -70,32 +124,14 @@ class SecantCorrection:
         planner = CountedDynamics(request.model, planning_counter(request, self.budget))
         clock = PhaseClock()
         grid, k, x = request.grid, request.step, request.point.state
-        sigma = grid.t(k)
-        status, message = SolveStatus.SOLVED, ""
         with clock.phase("planning"):
-            v_b = model.velocity(x, sigma, request.cond_b)  # the direct switch's first evaluation
-            beta = torch.zeros((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
-            delta = v_trial = v_b
-            v_a = request.point.velocity
-            needed = request.cost["forward"] * (1 + (v_a is None))
-            if needed > self.budget:
-                status = SolveStatus.BUDGET
-                message = f"needs {needed:g} NFE-equivalents, the budget is {self.budget:g}: continued as the direct switch"
-            else:
-                if v_a is None:
-                    v_a = planner.velocity(x, sigma, request.cond_a)
-                delta = -sigma * (1 - sigma) * (v_b - v_a)
-                v_trial = planner.velocity(x + delta, sigma, request.cond_b)
-                beta = self._step_length((1 - sigma) * (v_b - v_a), delta + (1 - sigma) * (v_trial - v_b)).to(x.dtype)
+            step = self.step(request, model.velocity(x, grid.t(k), request.cond_b), planner)  # the direct switch's first evaluation
         with clock.phase("continuation"):
-            keep = beta == 0
-            y = torch.where(keep, x, x + beta * delta)
-            v_y = torch.where(keep, v_b, v_b + beta * (v_trial - v_b))
-            x_next, _ = rk_step(EULER, lambda *_: v_y, y, sigma, grid.t(k + 1))
+            v = step.velocity()
+            x_next, _ = rk_step(EULER, lambda *_: v, step.state(x), grid.t(k), grid.t(k + 1))
             final = finish_with(model, x_next, request, k + 1)
-        fallbacks = int(keep.sum()) if status is SolveStatus.SOLVED else 0
         nfe = merged(model.counter, planner.counter)
-        return TransitionResult(self.name, final, nfe, clock.total, clock.phases, status, message, fallbacks)
+        return TransitionResult(self.name, final, nfe, clock.total, clock.phases, step.status, step.message, step.fallbacks)
 
     def _step_length(self, r0: torch.Tensor, dr: torch.Tensor) -> torch.Tensor:
         """Per sample, the ``beta`` in [0, max_step] minimising ``|r0 + beta dr|`` (the secant

@@ -1,15 +1,24 @@
 """Strategies that plan the transition: single or multiple shooting, and shooting + MPC.
 
-Both solve DESIGN.md's transition problem (:func:`flowctl.ocp.transition.transition_problem`)
-over the request's horizon with :class:`flowctl.ocp.TorchShooting`, execute the planned controls,
-then run prompt B alone to the end. :class:`ShootingMPC` is the seed's combined algorithm: the
-shooting plan is executed under a linearising MPC that tracks the planned states, with a
-re-plan whenever the state drifts from the plan. Sigma runs from 1 (noise) to 0 (data).
+Both solve the transition problem (:func:`flowctl.ocp.transition.transition_problem`, documented
+in docs/shooting.md) over the request's horizon with :class:`flowctl.ocp.TorchShooting`, execute
+the planned controls, then run prompt B alone to the end. :class:`ShootingMPC` is the seed's
+combined algorithm: the shooting plan is executed under a linearising MPC that tracks the
+planned states, with a re-plan whenever the state drifts from the plan. Sigma runs from 1
+(noise) to 0 (data).
+
+Two models to plan on: "surrogate" (the default) shoots on the straight-flow surrogate of
+:mod:`flowctl.transitions.surrogate`, calibrated by one secant evaluation of B, and executes with
+B's true field (one evaluation a step, as the direct switch) and A's surrogate one; its MPC
+linearises with the surrogate's Jacobian (real-time iteration: one linearisation and one QP a
+step, no JVP). "exact" shoots on the model itself, as the seed wrote it: the noise anchor then
+integrates B back to the noise, which costs more than a generation.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,10 +30,16 @@ from ..mpc import MPCConfig, StateLayout, StructuredBackend, euler_linearisation
 from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, TorchOptions, TorchShooting
 from ..ocp.problem import TRANSCRIPTIONS
 from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
+from ..sampling import EULER, rk_step
 from ..schedules import make_schedule
 from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with, merged, planning_counter
+from .secant import SecantCorrection, SecantStep
+from .surrogate import A as SURROGATE_A
+from .surrogate import B as SURROGATE_B
+from .surrogate import MixedFlow, StraightFlows
 
 TERMINALS = ("noise", "velocity")
+MODELS = ("surrogate", "exact")
 _FATAL = (SolveStatus.FAILED, SolveStatus.INFEASIBLE)
 
 
@@ -46,12 +61,16 @@ class Shooting:
         solver: Levenberg-Marquardt settings. A plan that stops at ``max_iterations`` is
             executed as reached (its status is reported); a failed one raises
             :class:`flowctl.ocp.SolverError`.
-        budget: NFE-equivalents the plan may spend (a finite number >= 0; JVPs and VJPs weighed
-            by the request's measured costs), a hard cap: a solve that would go past it stops
-            before the call, and the transition continues as the direct switch with status
-            "budget". The noise anchor integrates B's flow back to the noise, so one residual
-            costs ``segments`` evaluations and one iteration several times that: at the default
-            budget of one evaluation the plan stops before its first residual.
+        budget: NFE-equivalents the planner may spend beyond its execution (a finite number
+            >= 0; JVPs and VJPs weighed by the request's measured costs), a hard cap: a call
+            that would go past it is not made and the status is "budget". On the surrogate the
+            plan costs the secant evaluation (1) and no more; below it the surrogate's B field is
+            B's straight flow through A's state. On the exact model the noise anchor integrates
+            B back to the noise (``segments`` evaluations a residual, several residuals an
+            iteration): a plan that does not fit continues as the direct switch.
+        model: "surrogate" (plan on the straight-flow surrogate; execute with B's true field
+            and A's surrogate one: the direct switch's evaluations plus the secant's one) or
+            "exact" (plan and execute on the model; blended steps cost two evaluations).
     """
 
     transcription: str = "single"
@@ -61,9 +80,12 @@ class Shooting:
     weights: TransitionWeights = field(default_factory=lambda: TransitionWeights(terminal=1.0, effort=1e-4))
     solver: LeastSquaresOptions = field(default_factory=lambda: LeastSquaresOptions(max_iterations=10, constraint_tol=1e-4))
     budget: float = 1.0
+    model: str = "surrogate"
 
     def __post_init__(self) -> None:
         check_budget("budget", self.budget)
+        if self.model not in MODELS:
+            raise UnknownNameError("model", self.model, list(MODELS))
         if self.transcription not in TRANSCRIPTIONS:
             raise UnknownNameError("transcription", self.transcription, list(TRANSCRIPTIONS))
         if self.terminal not in TERMINALS:
@@ -74,22 +96,23 @@ class Shooting:
     @property
     def name(self) -> str:
         anchor = f"noise anchor, {self.segments} seg" if self.terminal == "noise" else "velocity consistency"
-        return f"{self.transcription} shooting ({anchor})"
+        on = ", exact model" if self.model == "exact" else ""
+        return f"{self.transcription} shooting ({anchor}{on})"
 
-    def plan(self, request: TransitionRequest, model: Dynamics, counter: NFECounter, x: torch.Tensor, step: int, horizon: int) -> tuple[SolveResult, TorchShooting] | None:
+    def plan(self, request: TransitionRequest, field: _Field, x: torch.Tensor, step: int, horizon: int) -> tuple[SolveResult, TorchShooting] | None:
         """Solve the transition from ``x`` at grid ``step`` over ``horizon`` steps (the blend
-        started at the request's step). ``model`` must report to ``counter``, whose budget caps
-        the solve: None when the solve would exceed it."""
+        started at the request's step) on ``field``; None when the solve would exceed the
+        budget of the field's counter."""
         grid, end = request.grid, step + horizon
-        sigma_end = float(grid.t(end))
+        sigma_end, model, counter = float(grid.t(end)), field.model, field.counter
         if self.terminal == "noise":
-            terminal = NoiseAnchor(model, request.cond_b, request.noise, sigma_end, self.segments, self.transcription == "multiple")
+            terminal = NoiseAnchor(model, field.cond_b, field.noise, sigma_end, self.segments, self.transcription == "multiple")
         else:
             # at the end of the grid (sigma = 0) there is no next step: the residual vanishes
             next_step = float(grid.dt(end)) if end < grid.steps else 0.0
-            terminal = VelocityConsistency(model, request.cond_b, sigma_end, next_step)
+            terminal = VelocityConsistency(model, field.cond_b, sigma_end, next_step)
         problem = transition_problem(
-            model, grid, x, step, request.cond_a, request.cond_b, horizon=horizon,
+            model, grid, x, step, field.cond_a, field.cond_b, horizon=horizon,
             schedule=make_schedule(self.schedule, request.horizon), terminal=terminal,
             weights=self.weights, switch_step=request.step,
         )
@@ -102,29 +125,22 @@ class Shooting:
             raise SolverError(result)
         return result, solver
 
-    def execute(self, plan: SolveResult, solver: TorchShooting, x: torch.Tensor) -> torch.Tensor:
-        """States under the planned controls (a multiple-shooting plan's nodes may carry defects,
-        so its controls are rolled out; a single-shooting plan is a rollout already)."""
-        if self.transcription == "single":
-            return plan.states
-        with torch.no_grad():
-            return solver.rollout(x, plan.controls)
-
     def run(self, request: TransitionRequest) -> TransitionResult:
-        counter, budgeted = NFECounter(), planning_counter(request, self.budget)
-        model = CountedDynamics(request.model, counter)
         clock = PhaseClock()
-        x = request.point.state
         with clock.phase("planning"):
-            planned = self.plan(request, CountedDynamics(request.model, budgeted), budgeted, x, request.step, request.horizon)
+            fields = _Fields.of(self, request)
+            planned = self.plan(request, fields.planning, request.point.state, request.step, request.horizon)
         with clock.phase("continuation"):
             if planned is None:
-                final = finish_with(model, x, request, request.step)
+                final = finish_with(fields.counted, request.point.state, request, request.step)
             else:
-                plan, solver = planned
-                final = finish_with(model, self.execute(plan, solver, x)[-1], request, request.step + request.horizon)
-        status, message = (SolveStatus.BUDGET, _over_budget(self.budget)) if planned is None else (planned[0].status, planned[0].message)
-        return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases, status, message)
+                if self.model == "exact" and self.transcription == "single":
+                    end = planned[0].states[-1]  # the plan is a rollout of the model already
+                else:
+                    end = _rollout(fields.execution, fields.conds, request, planned[0].controls, request.step)
+                final = finish_with(fields.counted, end, request, request.step + request.horizon)
+        status, message = fields.outcome(planned, self.budget)
+        return TransitionResult(self.name, final, fields.nfe, clock.total, clock.phases, status, message, fields.fallbacks)
 
 
 @dataclass(frozen=True)
@@ -150,10 +166,14 @@ class ShootingMPC:
         replan_tolerance: relative drift ``|x - x_plan| / |x_plan|`` that triggers a re-plan.
         max_replans: re-plans at most (each costs a shooting solve).
 
-    The shooting plan's ``budget`` caps everything the algorithm spends beyond its blended
-    steps (plans, re-plans and the JVPs of each step's linearisation): a plan that does not fit
-    continues as the direct switch, and once the budget is spent the remaining steps follow
-    the plan's controls without MPC corrections; the status is then "budget".
+    On the surrogate (the shooting's default ``model``), this is a real-time iteration: plans
+    and re-plans are free, each step makes one model evaluation (B's, as the direct switch) and
+    linearises with the surrogate's Jacobian ``I / sigma`` (``jacobian`` is not used), one QP a
+    step; the whole transition costs the direct switch's evaluations plus the secant's one. On
+    the exact model the shooting plan's ``budget`` caps everything spent beyond the blended
+    steps (plans, re-plans, each step's JVPs): a plan that does not fit continues as the direct
+    switch, and once the budget is spent the remaining steps follow the plan's controls without
+    MPC corrections; the status is then "budget".
     """
 
     shooting: Shooting = field(default_factory=Shooting)
@@ -180,51 +200,46 @@ class ShootingMPC:
         return f"shooting + MPC ({self.shooting.name})"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        counter, budgeted = NFECounter(), planning_counter(request, self.shooting.budget)
-        model, planner = CountedDynamics(request.model, counter), CountedDynamics(request.model, budgeted)
         clock = PhaseClock()
-        k, horizon, grid = request.step, request.horizon, request.grid
-        schedule = make_schedule(self.shooting.schedule, horizon)
-        conds = (request.cond_a, request.cond_b)
-        counted = BlendedDynamics(model, schedule, grid, k)
-        x = request.point.state
+        k, horizon, grid, x = request.step, request.horizon, request.grid, request.point.state
         with clock.phase("planning"):
-            planned = self.shooting.plan(request, planner, budgeted, x, k, horizon)
+            fields = _Fields.of(self.shooting, request)
+            planned = self.shooting.plan(request, fields.planning, x, k, horizon)
             if planned is None:
-                final = finish_with(model, x, request, k)
-                return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases,
-                                        SolveStatus.BUDGET, _over_budget(self.shooting.budget))
+                final = finish_with(fields.counted, x, request, k)
+                status, message = fields.outcome(None, self.shooting.budget)
+                return TransitionResult(self.name, final, fields.nfe, clock.total, clock.phases, status, message)
             plan, solver = planned
-            ref = self.shooting.execute(plan, solver, x)
-        controls, first, status, replans, message = plan.controls, 0, plan.status, 0, plan.message
+            ref = _planned_states(plan, solver, x)
+        status, message = fields.outcome(planned, self.shooting.budget)
+        controls, first, replans, controlling = plan.controls, 0, 0, True
         backends: dict[tuple, StructuredBackend] = {}
-        controlling = True
         for i in range(horizon):
             j = k + i
             drift = float((x - ref[i - first]).norm()) / max(float(ref[i - first].norm()), 1e-30)
             if controlling and drift > self.replan_tolerance and replans < self.max_replans:
                 replans += 1
                 with clock.phase("planning"):
-                    replanned = self.shooting.plan(request, planner, budgeted, x, j, horizon - i)
+                    replanned = self.shooting.plan(request, fields.planning, x, j, horizon - i)
                 if replanned is None:
                     controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
                 else:
                     plan, solver = replanned
-                    ref, controls, first, status, message = self.shooting.execute(plan, solver, x), plan.controls, i, plan.status, plan.message
+                    ref, controls, first, status, message = _planned_states(plan, solver, x), plan.controls, i, plan.status, plan.message
             with clock.phase("control"):
                 sigma, ds = float(grid.t(j)), grid.dt(j)
-                v = counted.velocity(x, sigma, conds)
+                v = fields.execution.velocity(x, sigma, fields.conds)
                 du = torch.zeros_like(x)
                 if controlling:
                     try:
-                        jac = _image_batch_estimate(self.jacobian, _fixed_blend(request, sigma, counted.alpha(sigma)), x, budgeted)
+                        jac = fields.linearisation(self.jacobian, request, x, sigma)
                         du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
                     except BudgetExceededError:
                         controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
                 x = x + ds * (v + controls[i - first] + du)
         with clock.phase("continuation"):
-            final = finish_with(model, x, request, k + horizon)
-        return TransitionResult(self.name, final, merged(counter, budgeted), clock.total, clock.phases, status, message)
+            final = finish_with(fields.counted, x, request, k + horizon)
+        return TransitionResult(self.name, final, fields.nfe, clock.total, clock.phases, status, message, fields.fallbacks)
 
     def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
         """First control of the tracking QP: deviation from the planned control at step i."""
@@ -239,6 +254,98 @@ class ShootingMPC:
         start = layout.permute(x.reshape(-1))
         solution = backends[key].solve(lin, start, reference, torch.zeros_like(start))
         return layout.unpermute(solution.controls[0]).reshape(x.shape).to(x)
+
+
+@dataclass(frozen=True, eq=False)
+class _Field:
+    """What a plan is solved on: a field counted in ``counter`` under two conditions, and the
+    noise anchor's target (None where no anchor is used)."""
+
+    model: Dynamics
+    counter: NFECounter
+    cond_a: Any
+    cond_b: Any
+    noise: torch.Tensor | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Fields:
+    """The fields of one planned transition: where it plans, how it executes, how it counts.
+
+    Attributes:
+        counted: the model, counting the execution's and the continuation's evaluations.
+        budgeted: the planner's own evaluations, capped at its budget.
+        planning: what plans are solved on.
+        execution: the blended field a plan is executed with, under ``conds``.
+        secant: the secant step the surrogate was calibrated with (None on the exact model).
+    """
+
+    counted: CountedDynamics
+    budgeted: NFECounter
+    planning: _Field
+    execution: BlendedDynamics
+    conds: tuple[Any, Any]
+    secant: SecantStep | None
+
+    @classmethod
+    def of(cls, shooting: Shooting, request: TransitionRequest) -> _Fields:
+        counted = CountedDynamics(request.model, NFECounter())
+        budgeted = planning_counter(request, shooting.budget)
+        schedule, grid, k = make_schedule(shooting.schedule, request.horizon), request.grid, request.step
+        if shooting.model == "exact":
+            noise = request.noise if shooting.terminal == "noise" else None
+            planning = _Field(CountedDynamics(request.model, budgeted), budgeted, request.cond_a, request.cond_b, noise)
+            return cls(counted, budgeted, planning, BlendedDynamics(counted, schedule, grid, k), (request.cond_a, request.cond_b), None)
+        x = request.point.state
+        v_b = counted.velocity(x, grid.t(k), request.cond_b)  # the direct switch's first evaluation
+        secant = SecantCorrection(budget=shooting.budget).step(request, v_b, CountedDynamics(request.model, budgeted))
+        flows = StraightFlows.at(request, secant)
+        mixed = MixedFlow(counted, flows, request.cond_b, x, v_b)
+        planning = _Field(flows, NFECounter(), SURROGATE_A, SURROGATE_B, flows.noise)  # surrogate calls are free
+        return cls(counted, budgeted, planning, BlendedDynamics(mixed, schedule, grid, k), (SURROGATE_A, SURROGATE_B), secant)
+
+    @property
+    def nfe(self) -> dict[str, float]:
+        return merged(self.counted.counter, self.budgeted)
+
+    @property
+    def fallbacks(self) -> int:
+        return 0 if self.secant is None else self.secant.fallbacks
+
+    def outcome(self, planned: tuple[SolveResult, TorchShooting] | None, budget: float) -> tuple[SolveStatus, str]:
+        """The transition's status and message."""
+        if planned is None:
+            return SolveStatus.BUDGET, _over_budget(budget)
+        if self.secant is not None and self.secant.status is not SolveStatus.SOLVED:
+            return self.secant.status, self.secant.message
+        return planned[0].status, planned[0].message
+
+    def linearisation(self, estimator, request: TransitionRequest, x: torch.Tensor, sigma: float) -> JacobianEstimate:
+        """The blended field's Jacobian at ``x``: the surrogate's ``I / sigma`` (no model call),
+        or on the exact model a structured estimate whose JVPs the budget pays for."""
+        if self.secant is None:
+            alpha = self.execution.alpha(sigma)
+            return _image_batch_estimate(estimator, _fixed_blend(request, sigma, alpha), x, self.budgeted)
+        value = self.planning.model.jacobian_diagonal(sigma)
+        return JacobianEstimate("diagonal", torch.full((x.numel(),), value, dtype=x.dtype, device=x.device), {})
+
+
+def _rollout(execution: BlendedDynamics, conds: tuple[Any, Any], request: TransitionRequest, controls: torch.Tensor, start: int) -> torch.Tensor:
+    """The state after the planned ``controls`` from the request's state at grid ``start``."""
+    grid, x = request.grid, request.point.state
+    for i, u in enumerate(controls):
+        v = execution.velocity(x, grid.t(start + i), conds) + u
+        x, _ = rk_step(EULER, lambda *_: v, x, grid.t(start + i), grid.t(start + i + 1))
+    return x
+
+
+def _planned_states(plan: SolveResult, solver: TorchShooting, x: torch.Tensor) -> torch.Tensor:
+    """The plan's states (a multiple-shooting plan's nodes may carry defects, so its controls
+    are rolled out on the field it was planned on)."""
+    if solver.transcription == "single":
+        return plan.states
+    with torch.no_grad():
+        return solver.rollout(x, plan.controls)
 
 
 def _over_budget(budget: float) -> str:
