@@ -81,3 +81,20 @@ def test_cli_quick_run_writes_its_outputs(tmp_path, capsys):
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "flowctl", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "bench" in proc.stdout
+
+
+def test_methods_are_compared_at_equal_cost(result):
+    runs = [r for r in result.runs if not r.sweep and r.pair == 1]
+    direct = next(r for r in runs if r.method == "direct switch")
+    secant = next(r for r in runs if r.method == "secant correction")
+    # one evaluation more than the direct switch: its equal-cost baseline resumes one step earlier
+    assert secant.nfe_equivalents == direct.nfe_equivalents + 1
+    earlier = [r for r in result.runs if r.method == "direct switch" and r.pair == 1 and r.resume_step == direct.resume_step - 1]
+    assert secant.equal_cost_psnr is not None and direct.equal_cost_psnr == direct.psnr
+    if earlier:  # a sweep point at that step measured the same continuation
+        assert math.isclose(secant.equal_cost_psnr, earlier[0].psnr)
+    goals = summary(result)["goals"]
+    near = goals["near_direct_cost"]["0.90-0.95"]["secant correction"]
+    assert near["extra_nfe"] == 1.0 and near["fallbacks"] == secant.fallbacks
+    assert math.isclose(near["margin_db"], secant.psnr - direct.psnr)
+    assert set(goals["largest_speedup_at_seed_psnr"]) >= {"direct switch", "secant correction"}

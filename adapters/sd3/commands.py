@@ -49,7 +49,7 @@ CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
 # policy's step, the strategies within one evaluation of the direct switch also over the sweep;
 # --methods adds multiple-shooting and velocity-shooting.
 CHEAP = ("direct", "linear", "sigmoid", "closed-form", "secant")
-EMBEDDED_BENCH = BenchConfig(seeds=2, pairs_per_bucket=2, shooting_iterations=1, repeats=3, sweep_pairs=1,
+EMBEDDED_BENCH = BenchConfig(seeds=2, pairs_per_bucket=4, shooting_iterations=1, repeats=3, sweep_pairs=2,
                              strategies=(*CHEAP, "shooting", "mpc"), sweep_strategies=CHEAP)
 EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1,
                       strategies=STRATEGY_NAMES, sweep_strategies=None)
