@@ -1,5 +1,8 @@
 """The torch backend: Van der Pol, dense and matrix-free steps, flows at latent scale, transitions, failures."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -16,7 +19,7 @@ from flowctl.ocp import (
     TorchShooting,
     van_der_pol_problem,
 )
-from flowctl.ocp.least_squares import Residuals, solve_least_squares
+from flowctl.ocp.least_squares import Residuals, _Point, solve_least_squares
 from flowctl.ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from flowctl.sampling import Grid
 from flowctl.schedules import LinearSchedule, StepSchedule
@@ -34,9 +37,12 @@ def test_van_der_pol_reaches_the_optimum_to_1e_6(transcription):
     assert result.constraint_violation < 1e-7  # x1 >= -0.25 (active) and |u| <= 1, by the augmented Lagrangian
     assert float(result.states[1:, 0].min()) > -0.25 - 1e-7
     assert result.states.shape == (21, 2) and result.controls.shape == (20, 1)
-    # 20 or 60 unknowns: dense steps, J from one forward product per unknown after recording J'w
-    unknowns = 20 if transcription == "single" else 60
-    assert result.nfe["forward"] > 0 and result.nfe["jvp"] == unknowns * result.nfe["vjp"] > 0
+    if transcription == "single":  # 20 unknowns: J from one forward product per unknown after recording J'w
+        assert result.nfe["forward"] > 0 and result.nfe["jvp"] == 20 * result.nfe["vjp"] > 0
+    else:  # the intervals as one batch: 16 calls a pass (4 steps x 4 stages), after a rollout of 320;
+        # J from 50 reverse products (2 end-state and 48 stage-cost components) of those 16 calls
+        assert result.nfe["forward"] % 16 == 0 and result.nfe["forward"] > 320
+        assert "jvp" not in result.nfe and result.nfe["vjp"] % (50 * 16) == 0 and result.nfe["vjp"] > 0
     assert result.iterations > 0 and result.wall_time > 0
 
 
@@ -74,6 +80,57 @@ def test_dense_and_matrix_free_steps_reach_the_same_solution(name):
     torch.testing.assert_close(dense.states, cg.states, atol=1e-8, rtol=0)
     assert abs(dense.objective - cg.objective) <= 1e-10 * max(1.0, cg.objective)
     assert dense.iterations == cg.iterations
+
+
+# every residual block of the batched path: stage costs, control and rate penalties, terminal
+# residual, defects, bounds on the controls and on the states (two-sided)
+EVERY_BLOCK = OptimalControlProblem(
+    dynamics=van_der_pol_problem().dynamics, grid=Grid.uniform(0.0, 3.0, 5), x0=torch.tensor([0.5, 1.0], dtype=F64),
+    stage_residual=lambda x, u, t: ops.concat(x, u), terminal_residual=lambda x: x - 0.1, terminal_weight=2.0,
+    control_weight=0.1, control_rate_weight=0.5, u_lower=-0.8, u_upper=0.8,
+    x_lower=torch.tensor([-0.5, -math.inf], dtype=F64), x_upper=torch.tensor([math.inf, 1.15], dtype=F64),
+    method="rk4", substeps=2,
+)
+BATCHED = {
+    "van der pol": van_der_pol_problem(intervals=6, horizon=6.0, substeps=2),
+    "every block": EVERY_BLOCK,
+    "heun, one interval": OptimalControlProblem(
+        dynamics=DoubleIntegrator(), grid=Grid.uniform(0.0, 1.0, 1), x0=torch.tensor([1.0, 0.0], dtype=F64),
+        stage_residual=lambda x, u, t: ops.concat(x, u), terminal_residual=lambda x: x, method="heun", substeps=3,
+    ),
+}
+
+
+def _multiple(problem, batch_intervals, **least_squares):
+    options = TorchOptions(LeastSquaresOptions(linear_solver="dense", **least_squares), warm_start=False, batch_intervals=batch_intervals)
+    return TorchShooting(problem, "multiple", options)
+
+
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_batched_jacobian_equals_the_one_from_generic_products(name):
+    problem = BATCHED[name]
+    solver = _multiple(problem, batch_intervals=True)
+    gen = torch.Generator().manual_seed(0)  # a point off the dynamics, some bounds violated
+    controls = 0.5 * torch.randn(problem.intervals, 1, generator=gen, dtype=F64)
+    nodes = solver.rollout(problem.x0, controls)[1:] + 0.1 * torch.randn(problem.intervals, 2, generator=gen, dtype=F64)
+    x0, z, counter = problem.x0, [controls, nodes], NFECounter()
+    structured = _Point(lambda z: solver._residuals(x0, z), z, counter)
+    generic = _Point(lambda z: dataclasses.replace(solver._residuals(x0, z), jacobian=None), z, counter)
+    torch.testing.assert_close(structured.residual, generic.residual, atol=0, rtol=0)
+    torch.testing.assert_close(structured.jacobian(), generic.jacobian(), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(BATCHED))
+def test_batched_intervals_solve_like_interval_by_interval(name):
+    tight = {"tol": 1e-10, "constraint_tol": 1e-9}
+    batched = _multiple(BATCHED[name], True, **tight).solve()
+    one_by_one = _multiple(BATCHED[name], False, **tight).solve()
+    torch.testing.assert_close(batched.controls, one_by_one.controls, atol=1e-8, rtol=0)
+    torch.testing.assert_close(batched.states, one_by_one.states, atol=1e-8, rtol=0)
+    assert abs(batched.objective - one_by_one.objective) <= 1e-10 * max(1.0, one_by_one.objective)
+    stages = 2 if name.startswith("heun") else 4
+    per_pass = stages * BATCHED[name].substeps  # model calls: one per stage for all intervals at once
+    assert batched.nfe["forward"] % per_pass == 0 and one_by_one.nfe["forward"] % (per_pass * BATCHED[name].intervals) == 0
 
 
 def test_dense_jacobians_count_one_product_per_direction():

@@ -276,7 +276,9 @@ def test_forward_ad_through_the_mmdit_needs_math_attention():
 def test_make_strategy_names():
     assert {make_strategy(n).name for n in ("direct", "linear", "sigmoid", "closed-form")} == {
         "direct switch", "linear blend", "sigmoid blend", "closed-form controller (eta 0.9)"}
-    assert isinstance(make_strategy("shooting"), MathAttention) and isinstance(make_strategy("mpc").strategy, ShootingMPC)
+    # on the surrogate the planners never differentiate the model: no MATH-kernel wrapper
+    assert isinstance(make_strategy("shooting"), Shooting) and isinstance(make_strategy("mpc"), ShootingMPC)
+    assert MathAttention(Shooting(model="exact")).differentiates and not getattr(make_strategy("secant"), "differentiates", False)
     with pytest.raises(UnknownNameError):
         make_strategy("teleport")
 

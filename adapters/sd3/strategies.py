@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowctl.jacobians import ColouredJacobian
-from flowctl.transitions import (
-    STRATEGY_NAMES, Blend, ClosedFormController, DirectSwitch, SecantCorrection, Strategy, TransitionRequest, TransitionResult,
-)
+from flowctl.transitions import STRATEGY_NAMES, Strategy, TransitionRequest, TransitionResult
 from flowctl.transitions import make_strategy as make_flowctl_strategy
 
 from .dynamics import math_attention
@@ -35,6 +33,10 @@ class MathAttention:
     def name(self) -> str:
         return self.strategy.name
 
+    @property
+    def differentiates(self) -> bool:
+        return True
+
     def run(self, request: TransitionRequest) -> TransitionResult:
         with math_attention():
             return self.strategy.run(request)
@@ -42,10 +44,11 @@ class MathAttention:
 
 def make_strategy(name: str, *, shooting_iterations: int = 5, patch_size: int = 2, budget: float = 1.0) -> Strategy:
     """The strategy called ``name`` (:data:`flowctl.transitions.STRATEGY_NAMES`) with planners
-    capped at ``budget`` NFE-equivalents; the ones that differentiate the model run under
-    :class:`MathAttention`, and "mpc" linearises per ``patch_size`` x ``patch_size`` latent patch."""
+    capped at ``budget`` NFE-equivalents; the ones that differentiate the model (``differentiates``:
+    shooting on the exact model) run under :class:`MathAttention`, and "mpc" on the exact model
+    linearises per ``patch_size`` x ``patch_size`` latent patch."""
     strategy = make_flowctl_strategy(
         name, shooting_iterations=shooting_iterations, mpc_jacobian=ColouredJacobian(block=(patch_size, patch_size), radius=0),
         budget=budget,
     )
-    return strategy if isinstance(strategy, (DirectSwitch, Blend, ClosedFormController, SecantCorrection)) else MathAttention(strategy)
+    return MathAttention(strategy) if getattr(strategy, "differentiates", False) else strategy

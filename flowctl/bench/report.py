@@ -151,10 +151,14 @@ def _near_direct(table1: dict, runs: list[Run]) -> dict:
             continue
         worst = lambda m: min((r.psnr - r.direct_psnr for r in runs if r.bucket == bucket and r.method == m and r.direct_psnr is not None),  # noqa: E731
                               default=math.nan)
+        direct_time = {r.pair: r.seconds for r in runs if r.bucket == bucket and r.method == "direct switch"}
+        overhead = lambda m: _median(100 * (r.seconds - direct_time[r.pair]) / r.scratch  # noqa: E731
+                                     for r in runs if r.bucket == bucket and r.method == m and r.pair in direct_time)
         out[bucket] = {
             r["method"]: {"extra_nfe": r["nfe_equivalents"] - direct["nfe_equivalents"],
                           "margin_db": r["psnr"] - direct["psnr"], "equal_cost_margin_db": r["psnr"] - r["equal_cost_psnr"],
-                          "worst_pair_margin_db": worst(r["method"]), "fallbacks": r["fallbacks"]}
+                          "worst_pair_margin_db": worst(r["method"]), "fallbacks": r["fallbacks"],
+                          "time_over_direct_pct": overhead(r["method"])}
             for r in _methods(rows) if r["method"] != "direct switch" and r["nfe_equivalents"] <= direct["nfe_equivalents"] + NEAR_DIRECT_NFE
         }
     return out
@@ -250,13 +254,14 @@ def markdown(result: BenchResult) -> str:
     for method, v in g["largest_speedup_at_seed_psnr"].items():
         lines.append(f"| {method} | {'-' if v is None else _x(v['speedup'])} | {'-' if v is None else _x(v['speedup_nfe'])} |")
     lines += ["", "Within one NFE-equivalent of the direct switch, at the policy's step: mean margin over the direct switch "
-              "at its own cost and at equal cost, the worst pair's margin (dB), samples fallen back:", "",
-              "| similarity | method | extra NFE-eq. | margin (dB) | margin at equal cost (dB) | worst pair (dB) | fallbacks |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+              "at its own cost and at equal cost, the worst pair's margin (dB), samples fallen back, and the wall time "
+              "spent beyond the direct switch's as a share of B from scratch (median over pairs):", "",
+              "| similarity | method | extra NFE-eq. | margin (dB) | margin at equal cost (dB) | worst pair (dB) | fallbacks | extra time (% of a generation) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for bucket, methods in g["near_direct_cost"].items():
         for method, v in methods.items():
             lines.append(f"| {bucket} | {method} | {v['extra_nfe']:.2f} | {v['margin_db']:.2f} | {_db(v['equal_cost_margin_db'])} "
-                         f"| {_db(v['worst_pair_margin_db'])} | {v['fallbacks']} |")
+                         f"| {_db(v['worst_pair_margin_db'])} | {v['fallbacks']} | {v['time_over_direct_pct']:.1f} |")
     if s["sweep"]:
         lines += ["", "## Sweep over the resume step (similarity > 0.95): PSNR (dB) / speedup", ""]
         steps = list(s["sweep"])

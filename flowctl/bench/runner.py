@@ -34,7 +34,7 @@ from ..jacobians import ColouredJacobian, DiagonalJacobian
 from ..sampling import SigmaGrid, integrate
 from ..systems.prompted_mixture import PromptedMixtureFlow
 from ..text import MiniLMEncoder, TextEncoder
-from ..transitions import STRATEGY_NAMES, DirectSwitch, Shooting, ShootingMPC, Strategy, TransitionRequest, make_strategy
+from ..transitions import STRATEGY_NAMES, DirectSwitch, Strategy, TransitionRequest, make_strategy
 from .pairs import BUCKET_NAMES, PROMPT_PAIRS, PromptPair
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
@@ -58,7 +58,8 @@ class BenchConfig:
         sweep: resume fractions of the speedup-vs-PSNR sweep (at 28 steps: k = 6, 10, 14, 18,
             20, 22, 24).
         sweep_pairs: pairs of the most similar bucket swept.
-        repeats: timing repeats of the cheap methods and baselines (median); planners run once.
+        repeats: timing repeats of the methods and baselines (median); planners that
+            differentiate the model (shooting on the exact model) run once.
         shooting_iterations: Levenberg-Marquardt iterations of every shooting plan at most.
         budget: NFE-equivalents every planner may spend beyond its continuation (hard cap).
         components, size: the default model's captioned images (K of 3 x size x size).
@@ -363,7 +364,7 @@ class _Bench:
         finals = {"A (cached prompt)": a_final, "B reference": reference}
         direct_psnr = None
         for method in self.sweep_methods if sweep else self.methods:
-            cheap = not isinstance(method, (Shooting, ShootingMPC))
+            cheap = not getattr(method, "differentiates", False)
             with nullcontext() if cheap else self.bench.derivatives():
                 result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
             equivalents = result.nfe_equivalents(self.cost["relative"])

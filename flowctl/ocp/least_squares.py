@@ -8,7 +8,8 @@ was recorded by autograd, in one of two ways (:attr:`LeastSquaresOptions.linear_
   through the recorded pass, and ``J v`` the derivative of ``J'w`` in ``w`` (reverse over
   reverse), so no product re-runs the model and no ``n x n`` or ``m x n`` matrix is formed.
 - "dense", for few unknowns: ``J`` itself, from the ``min(n, m)`` products ``J e_i`` (or
-  ``J' e_j``) batched into one vectorised pass, and a direct solve of the ``n x n`` equations.
+  ``J' e_j``) batched into one vectorised pass, or from the residual function where it knows
+  ``J``'s structure (:attr:`Residuals.jacobian`), and a direct solve of the ``n x n`` equations.
 
 The rest is shared, so both paths take the same steps up to the accuracy of conjugate gradients:
 damping updates, acceptance, stopping rules and constraints. Constraints ``c(z) = 0`` and
@@ -20,7 +21,8 @@ pass, and a rejected one re-solves the current point's equations with more dampi
 
 Model evaluations are counted on the counter the residuals report to: a pass counts its forward
 calls; a product, and each direction of a batched one, counts the forward calls of its point's
-pass as "jvp" or "vjp"; so does recording ``J'w`` (a reverse pass) for the ``J v`` products.
+pass as "jvp" or "vjp"; so does recording ``J'w`` (a reverse pass) for the ``J v`` products. A
+residual function's own ``J`` counts what it spends itself.
 """
 
 from __future__ import annotations
@@ -107,13 +109,17 @@ class Residuals:
     """The residual blocks at one point: objective terms, equalities and inequalities.
 
     ``aux`` is anything else the residual function wants back with the solution (the torch
-    backend: the states at the nodes); the solver only passes it through.
+    backend: the states at the nodes); the solver only passes it through. ``jacobian``, if given,
+    returns ``J = dR/dz`` at this point, ``m x n`` (``R`` the blocks flattened and concatenated in
+    this order, ``z`` likewise), from the graph of this pass, counting the model evaluations it
+    makes; dense steps then use it instead of forming ``J`` from generic products.
     """
 
     objective: Tensors
     equalities: Tensors
     inequalities: Tensors
     aux: Any = None
+    jacobian: Callable[[], torch.Tensor] | None = None
 
 
 ResidualFn = Callable[[Tensors], Residuals]
@@ -153,6 +159,7 @@ class _Point:
             self.residual = torch.cat(blocks)
         self.objective, self.equalities, self.inequalities = (b.detach() for b in blocks)
         self.aux = res.aux
+        self._structured_jacobian = res.jacobian
         self.calls = counter.by_kind["forward"] - before
         self.counter = counter
         self._w: torch.Tensor | None = None
@@ -177,10 +184,13 @@ class _Point:
         return jv.detach()
 
     def jacobian(self) -> torch.Tensor:
-        """``J`` from ``n`` products ``J e_i`` when ``n <= m``, else ``m`` products ``J' e_j``."""
+        """``J``: the residual function's own (:attr:`Residuals.jacobian`), or from ``n``
+        products ``J e_i`` when ``n <= m``, else ``m`` products ``J' e_j``."""
         if self._jacobian is None:
             n, m = sum(t.numel() for t in self.z), self.residual.numel()
-            if n <= m:
+            if self._structured_jacobian is not None:
+                self._jacobian = self._structured_jacobian().detach()
+            elif n <= m:
                 self._jacobian = self.j(torch.eye(n, dtype=self.z[0].dtype, device=self.z[0].device)).T
             else:
                 self._jacobian = self.jt(torch.eye(m, dtype=self.residual.dtype, device=self.residual.device))

@@ -94,6 +94,11 @@ class Shooting:
         make_schedule(self.schedule, 1)
 
     @property
+    def differentiates(self) -> bool:
+        """Whether it takes derivatives of the model (JVPs, VJPs): only on the exact model."""
+        return self.model == "exact"
+
+    @property
     def name(self) -> str:
         anchor = f"noise anchor, {self.segments} seg" if self.terminal == "noise" else "velocity consistency"
         on = ", exact model" if self.model == "exact" else ""
@@ -194,6 +199,11 @@ class ShootingMPC:
         check_real("effort", self.effort, positive=True)
         check_real("replan_tolerance", self.replan_tolerance, positive=True)
         check_int("max_replans", self.max_replans, minimum=0)
+
+    @property
+    def differentiates(self) -> bool:
+        """Whether it takes derivatives of the model: only on the exact model."""
+        return self.shooting.differentiates
 
     @property
     def name(self) -> str:
