@@ -2,19 +2,19 @@
 
 1. CasADi's Van der Pol example: flowctl's CasadiShooting against CasADi's plain formulation
    (its docs/examples/python/direct_{single,multiple}_shooting.py), and flowctl's TorchShooting
-   (Levenberg-Marquardt with dense steps, and matrix-free with conjugate gradients) on the same
-   problem.
+   (Levenberg-Marquardt with dense steps, and matrix-free with conjugate gradients; multiple
+   shooting with all intervals as one batch, and interval by interval) on the same problem.
 2. DESIGN.md's transition problem on the exact Gaussian-mixture flow (smooth random means, two random prompts):
    shooting with each terminal residual and transcription against direct switch, the no-op floor
    and B from scratch at the same forward-NFE budget, scored against B's reference.
 
-Van der Pol: every method solves cold (same initial guess, no warm start). CasADi rows: one
-untimed solve, then ``--repeats`` timed ones; build time is the median of ``--builds`` builds.
-Torch rows take seconds, so they have their own ``--torch-repeats`` and one build: dense rows
-(``TORCH_METHODS``) one untimed solve (the process's first one imports parts of torch), then
-``--torch-repeats`` timed ones; the matrix-free row (``MATRIX_FREE_METHODS``, over a minute)
-one timed solve, after the dense rows. To add a method, append a ``(name, setup)`` pair to
-one of these lists: ``setup()`` builds and returns a ``solve()`` callable that returns
+Van der Pol: every method solves cold (same initial guess, no warm start). CasADi rows, and the
+batched torch row (``BATCHED_METHODS``, tens of milliseconds): one untimed solve, then
+``--repeats`` timed ones; build time is the median of ``--builds`` builds. The other torch rows
+take seconds, so they have their own ``--torch-repeats`` and one build: dense rows
+(``TORCH_METHODS``) one untimed solve, then ``--torch-repeats`` timed ones; the matrix-free row
+(``MATRIX_FREE_METHODS``, over a minute) one timed solve, after the dense rows. To add a
+method, append a ``(name, setup)`` pair to one of these lists: ``setup()`` builds and returns a ``solve()`` callable that returns
 ``(objective, iterations, seconds, extra)``, ``extra`` a dict of further figures (NFE by kind,
 constraint violation, status), empty where there are none.
 
@@ -88,11 +88,13 @@ def ours(transcription: str, expand: bool = True):
 TORCH_OPTIONS = LeastSquaresOptions(tol=1e-8, constraint_tol=1e-8)
 
 
-def torch_shooting(transcription: str, linear_solver: str):
-    """flowctl's TorchShooting with ``TORCH_OPTIONS`` and the given linear solver, cold."""
+def torch_shooting(transcription: str, linear_solver: str, batch_intervals: bool = True):
+    """flowctl's TorchShooting with ``TORCH_OPTIONS`` and the given linear solver, cold; multiple
+    shooting integrates all intervals as one batch unless ``batch_intervals`` is False."""
 
     def setup():
-        options = TorchOptions(dataclasses.replace(TORCH_OPTIONS, linear_solver=linear_solver), warm_start=False)
+        least_squares = dataclasses.replace(TORCH_OPTIONS, linear_solver=linear_solver)
+        options = TorchOptions(least_squares, warm_start=False, batch_intervals=batch_intervals)
         shooting = TorchShooting(van_der_pol_problem(), transcription, options)
 
         def solve():
@@ -170,9 +172,12 @@ METHODS = [
     ("ours single (MX, expand=False)", ours("single", expand=False)),
     ("ours multiple (MX, expand=False)", ours("multiple", expand=False)),
 ]
+BATCHED_METHODS = [
+    ("torch multiple (dense, batched)", torch_shooting("multiple", "dense")),
+]
 TORCH_METHODS = [
     ("torch single (dense)", torch_shooting("single", "dense")),
-    ("torch multiple (dense)", torch_shooting("multiple", "dense")),
+    ("torch multiple (dense, interval by interval)", torch_shooting("multiple", "dense", batch_intervals=False)),
 ]
 MATRIX_FREE_METHODS = [  # single shooting only: matrix-free multiple shooting takes over three minutes
     ("torch single (cg)", torch_shooting("single", "cg")),
@@ -182,8 +187,11 @@ RATIOS = [
     ("ours/plain multiple", "ours multiple", "plain multiple"),
     ("ours (MX)/plain single", "ours single (MX, expand=False)", "plain single"),
     ("ours (MX)/plain multiple", "ours multiple (MX, expand=False)", "plain multiple"),
+    ("torch multiple (dense, batched)/ours multiple", "torch multiple (dense, batched)", "ours multiple"),
+    ("torch multiple (dense, batched)/plain multiple", "torch multiple (dense, batched)", "plain multiple"),
     ("torch single (dense)/ours multiple", "torch single (dense)", "ours multiple"),
-    ("torch multiple (dense)/ours multiple", "torch multiple (dense)", "ours multiple"),
+    ("torch multiple (interval by interval)/(batched)", "torch multiple (dense, interval by interval)",
+     "torch multiple (dense, batched)"),
     ("torch single (cg)/(dense)", "torch single (cg)", "torch single (dense)"),
 ]
 
@@ -212,6 +220,7 @@ def measure(setup, repeats: int, builds: int, untimed_first: bool = True) -> dic
 
 def van_der_pol_section(args) -> dict:
     rows = {name: measure(setup, args.repeats, args.builds) for name, setup in METHODS}
+    rows.update({name: measure(setup, args.repeats, 1) for name, setup in BATCHED_METHODS})
     rows.update({name: measure(setup, args.torch_repeats, 1) for name, setup in TORCH_METHODS})
     rows.update({name: measure(setup, 1, 1, untimed_first=False) for name, setup in MATRIX_FREE_METHODS})
     ratios = {key: rows[a]["solve_median_s"] / rows[b]["solve_median_s"] for key, a, b in RATIOS}
@@ -219,8 +228,9 @@ def van_der_pol_section(args) -> dict:
     print(f"## Van der Pol (N=20, RK4 x4), cold solves; optimum {VAN_DER_POL_OPTIMUM}\n")
     print(f"CasADi rows: IPOPT tol {TOL:g}, {args.repeats} repeats. Torch rows: Levenberg-Marquardt + augmented "
           f"Lagrangian, float64, tol {TORCH_OPTIONS.tol:g}, constraint_tol {TORCH_OPTIONS.constraint_tol:g}; "
-          f"dense steps: {args.torch_repeats} repeat(s) after an untimed solve; matrix-free (cg, "
-          f"{TORCH_OPTIONS.cg_iterations} CG iterations, cg_tol {TORCH_OPTIONS.cg_tol:g}): one solve.")
+          f"batched: {args.repeats} repeats; other dense rows: {args.torch_repeats} repeat(s), each after an "
+          f"untimed solve; matrix-free (cg, {TORCH_OPTIONS.cg_iterations} CG iterations, cg_tol "
+          f"{TORCH_OPTIONS.cg_tol:g}): one solve.")
     print("'ours' CasADi rows use expand=True (SX evaluation) while the plain example uses MX; "
           "the '(MX, expand=False)' rows are the like-for-like comparison.\n")
     print("| method | build ms (median) | solve ms (median) | solve ms (max) | iterations | objective "
@@ -408,7 +418,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed solves per CasADi row")
     parser.add_argument("--builds", type=int, default=3, help="builds per CasADi row")
-    parser.add_argument("--torch-repeats", type=int, default=3, help="timed solves per dense torch Van der Pol row")
+    parser.add_argument("--torch-repeats", type=int, default=3, help="timed solves per seconds-long dense torch Van der Pol row")
     parser.add_argument("--transition-repeats", type=int, default=3, help="plans per transition shooting row")
     parser.add_argument("--out", type=Path, default=Path("results/shooting.json"))
     args = parser.parse_args()
