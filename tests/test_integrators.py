@@ -148,3 +148,23 @@ def test_wrong_velocity_shape_and_divergence_are_reported():
     assert err.value.argument == "dynamics"
     with pytest.raises(IntegrationError, match="step 2"):
         integrate(Blowup(), torch.ones(2, 3, dtype=torch.float64), grid)
+
+
+def test_the_loop_checks_once_not_per_step(monkeypatch):
+    """integrate validates its inputs and the result, not every step: its host conversions do not
+    grow with the number of steps."""
+    conversions = []
+    for name in ("__bool__", "__float__", "item"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original: conversions.append(1) or _o(self, *a))
+
+    class Linear:
+        def velocity(self, x, t, cond=None):
+            return -x
+
+    counts = []
+    for steps in (10, 40):
+        conversions.clear()
+        integrate(Linear(), torch.ones(2, 3, dtype=torch.float64), Grid.uniform(0.0, 1.0, steps), keep="final")
+        counts.append(len(conversions))
+    assert counts[0] == counts[1]

@@ -153,3 +153,29 @@ def test_shooting_on_the_exact_model_that_does_not_fit_continues_as_the_direct_s
         result = planner.run(request(setup))
         assert result.status is SolveStatus.BUDGET
         assert torch.equal(result.final, direct.final)
+
+
+def test_the_mpc_step_makes_no_host_synchronisation(setup, monkeypatch):
+    """Inner loops trust what the boundary checked: the tracking QP of each step (linearisation,
+    structured solve, layout) converts no tensor to a Python value."""
+    conversions = []
+    for name in ("__bool__", "__float__", "item"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name):
+            conversions.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    steps = []
+    correction = ShootingMPC._correction
+
+    def watched(self, *args):
+        before = len(conversions)
+        out = correction(self, *args)
+        steps.append(len(conversions) - before)
+        return out
+
+    monkeypatch.setattr(ShootingMPC, "_correction", watched)
+    ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1))).run(request(setup))
+    assert len(steps) == request(setup).horizon and steps == [0] * len(steps)

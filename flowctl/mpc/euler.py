@@ -79,7 +79,7 @@ class StateLayout:
         return cls(e.n, e.data.shape[-1], e.index.reshape(-1))
 
     def _check(self, name: str, v: torch.Tensor) -> torch.Tensor:
-        v = check_tensor(name, v, ndim_min=1)
+        v = check_tensor(name, v, ndim_min=1, finite=False)  # a permutation does not read values
         if v.shape[-1] != self.n:
             raise ShapeError(name, f"expected flat vectors (..., {self.n}), got {tuple(v.shape)}")
         return v
@@ -107,6 +107,7 @@ def euler_linearisation(
     planned: torch.Tensor | None = None,
     *,
     dtype: torch.dtype | None = None,
+    validate: bool = True,
 ) -> Linearisation:
     """The linearised controlled Euler steps over a horizon of ``Np = len(ds)`` steps.
 
@@ -119,6 +120,8 @@ def euler_linearisation(
             state's own (unpermuted) order.
         dtype: the linearisation's floating dtype; None for the estimate's (a half-precision
             model's estimate needs float32 or float64 here: the backends invert blocks).
+        validate: check that the tensors are finite (each check synchronises with the device);
+            False in a controller's loop over data it checked once (shapes are still checked).
 
     Returns:
         A ``Linearisation`` in ``dtype``, on the estimate's device, in :class:`StateLayout`'s
@@ -131,20 +134,20 @@ def euler_linearisation(
         raise InvalidArgumentError("dtype", f"expected a floating torch.dtype or None, got {dtype!r}")
     data = e.data if dtype is None else e.data.to(dtype)
     like = dict(dtype=data.dtype, device=data.device)
-    ds = check_tensor("ds", torch.as_tensor(ds, **like), ndim_min=1)
+    ds = check_tensor("ds", torch.as_tensor(ds, **like), ndim_min=1, finite=validate)
     if ds.dim() != 1:
         raise ShapeError("ds", f"expected a vector of step sizes (Np,), got {tuple(ds.shape)}")
     np_ = ds.shape[0]
     flat = {}
     for name, t in (("velocity", velocity), ("state", state)):
-        t = check_tensor(name, t)
+        t = check_tensor(name, t, finite=validate)
         if t.numel() != n:
             raise ShapeError(name, f"has {t.numel()} entries; the estimate has n = {n}")
         flat[name] = layout.permute(t.detach().reshape(-1).to(**like))
     if planned is None:
         ubar = torch.zeros(np_, n, **like)
     else:
-        planned = check_tensor("planned", planned, ndim_min=1)
+        planned = check_tensor("planned", planned, ndim_min=1, finite=validate)
         if planned.shape[0] != np_ or planned[0].numel() != n:
             raise ShapeError("planned", f"expected (Np, n) = ({np_}, {n}) or (Np, *state.shape), got {tuple(planned.shape)}")
         ubar = layout.permute(planned.detach().reshape(np_, n).to(**like))
@@ -158,4 +161,4 @@ def euler_linearisation(
         eye, step = torch.eye(bs, **like), ds[:, None, None, None]
         a, b = eye + step * data, (step * eye).expand(np_, nb, bs, bs)
     c = ds[:, None] * (flat["velocity"] - j_x + ubar)
-    return Linearisation(a=a, b=b, c=c, structure=e.structure)
+    return Linearisation(a=a, b=b, c=c, structure=e.structure) if validate else Linearisation.unchecked(a, b, c, e.structure)

@@ -18,6 +18,8 @@ A linearisation has one of three structures: "dense" (A_i, B_i full matrices), "
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -108,12 +110,14 @@ class MPCConfig:
                 raise InvalidArgumentError(lo_name, f"exceeds {hi_name}: the bounds are infeasible")
             object.__setattr__(self, lo_attr, lo)
             object.__setattr__(self, hi_attr, hi)
+        for name in ("has_state_bounds", "has_control_bounds"):
+            getattr(self, name)  # read once here (cached), never in a solver's loop
 
-    @property
+    @functools.cached_property
     def has_state_bounds(self) -> bool:
         return bool(torch.isfinite(self.xmin).any() or torch.isfinite(self.xmax).any())
 
-    @property
+    @functools.cached_property
     def has_control_bounds(self) -> bool:
         return bool(torch.isfinite(self.umin).any() or torch.isfinite(self.umax).any())
 
@@ -152,6 +156,15 @@ class Linearisation:
         if self.structure == "block":
             if self.a.shape[2] != self.a.shape[3] or self.a.shape[1] * self.a.shape[2] != nx or self.b.shape != self.a.shape:
                 raise ShapeError("a", f"blocks of a and b must be square and tile nx = {nx}: got {tuple(self.a.shape)}, {tuple(self.b.shape)}")
+
+    @classmethod
+    def unchecked(cls, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, structure: str) -> Linearisation:
+        """A linearisation built without the checks (no host synchronisation), for callers in a
+        controller's loop that built ``a, b, c`` from data they checked once."""
+        lin = object.__new__(cls)
+        for name, value in (("a", a), ("b", b), ("c", c), ("structure", structure)):
+            object.__setattr__(lin, name, value)
+        return lin
 
     @property
     def horizon(self) -> int:

@@ -117,9 +117,14 @@ class StructuredBackend:
         """Nothing to factor ahead: the recursion depends on each step's linearisation."""
         self.build_time = 0.0
 
-    def solve(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor, *, raise_on_failure: bool = True) -> MPCSolution:
+    def solve(self, lin: Linearisation, x0: torch.Tensor, reference: torch.Tensor, u_prev: torch.Tensor, *,
+              raise_on_failure: bool = True, validate: bool = True) -> MPCSolution:
+        """One step's QP. ``validate=False`` skips the checks of the data and of the solution's
+        finiteness (each synchronises with the device), for a controller's loop over data it
+        checked once; a non-finite solution then shows in the state it drives."""
         c = self.config
-        check_step_data(c, lin, x0, reference, u_prev)
+        if validate:
+            check_step_data(c, lin, x0, reference, u_prev)
         if lin.structure != self.structure or (self._g.block and lin.a.shape[-1] != self.block_size):
             raise InvalidArgumentError("linearisation", f"has structure {lin.structure!r}; this backend was built for {self.structure!r}")
         if self.build_time is None:
@@ -140,7 +145,7 @@ class StructuredBackend:
             u, x, iterations, status, message = self._admm(a, b, cl, w, target, r, s, x0l, upl, bounds)
         controls = self._flat(u)
         states = torch.cat([x0.to(like)[None], self._flat(x)])
-        if not bool(torch.isfinite(controls.sum())):
+        if validate and not bool(torch.isfinite(controls.sum())):
             raise NonFiniteError("linearisation", "the structured solve produced NaN or Inf (singular or non-finite data)")
         solution = MPCSolution(status, controls, states, iterations, time.perf_counter() - start, message, c, reference, u_prev)
         return finish(solution, raise_on_failure)

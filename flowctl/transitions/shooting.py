@@ -226,8 +226,7 @@ class ShootingMPC:
         backends: dict[tuple, StructuredBackend] = {}
         for i in range(horizon):
             j = k + i
-            drift = float((x - ref[i - first]).norm()) / max(float(ref[i - first].norm()), 1e-30)
-            if controlling and drift > self.replan_tolerance and replans < self.max_replans:
+            if controlling and replans < self.max_replans and self._drifted(x, ref[i - first]):
                 replans += 1
                 with clock.phase("planning"):
                     replanned = self.shooting.plan(request, fields.planning, x, j, horizon - i)
@@ -243,6 +242,7 @@ class ShootingMPC:
                 if controlling:
                     try:
                         jac = fields.linearisation(self.jacobian, request, x, sigma)
+                        self._backend(backends, jac, min(self.horizon, horizon - i), x.numel())
                         du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
                     except BudgetExceededError:
                         controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
@@ -251,18 +251,29 @@ class ShootingMPC:
             final = finish_with(fields.counted, x, request, k + horizon)
         return TransitionResult(self.name, final, fields.nfe, clock.total, clock.phases, status, message, fields.fallbacks)
 
-    def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
-        """First control of the tracking QP: deviation from the planned control at step i."""
-        n, layout = x.numel(), StateLayout.of(jac)
+    def _backend(self, backends: dict, jac: JacobianEstimate, np_: int, n: int) -> StructuredBackend:
+        """The structured QP backend for a horizon and a Jacobian's structure, built once a run."""
+        layout = StateLayout.of(jac)
         key = (np_, jac.structure, layout.block_size)
         if key not in backends:
             config = MPCConfig(nx=n, nu=n, horizon=np_, q=self.tracking, r=self.effort)
             backends[key] = StructuredBackend(config, jac.structure, block_size=layout.block_size if jac.structure == "block" else None)
+        return backends[key]
+
+    def _drifted(self, x: torch.Tensor, planned: torch.Tensor) -> bool:
+        """Whether ``|x - x_plan| / |x_plan|`` exceeds the re-plan tolerance (one host
+        synchronisation; asked only while a re-plan is left)."""
+        return bool((x - planned).norm() > self.replan_tolerance * planned.norm().clamp_min(1e-30))
+
+    def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
+        """First control of the tracking QP: deviation from the planned control at step i. Its
+        data were checked where the transition started: no host synchronisation here."""
+        n, layout = x.numel(), StateLayout.of(jac)
         ds = torch.stack([grid.dt(j + m) for m in range(np_)])
-        lin = euler_linearisation(jac, ds, v, x, controls[i : i + np_], dtype=x.dtype)
+        lin = euler_linearisation(jac, ds, v, x, controls[i : i + np_], dtype=x.dtype, validate=False)
         reference = layout.permute(ref[i + 1 : i + 1 + np_].reshape(np_, n))
         start = layout.permute(x.reshape(-1))
-        solution = backends[key].solve(lin, start, reference, torch.zeros_like(start))
+        solution = self._backend(backends, jac, np_, n).solve(lin, start, reference, torch.zeros_like(start), validate=False)
         return layout.unpermute(solution.controls[0]).reshape(x.shape).to(x)
 
 
