@@ -193,6 +193,8 @@ def _continue(cached: CachedGenerator, prompt: str, noise, state, strategy: Stra
         "horizon": decision.transition_steps if result.hit else None,
         "strategy": result.transition.strategy if result.hit else None,
         "status": result.transition.status.value if result.hit else None,
+        "message": result.transition.message if result.hit else None,
+        "fallbacks": result.transition.fallbacks if result.hit else None,
         "entry_id": result.entry_id,
         "nfe": result.nfe,
         "timings": result.timings,
