@@ -281,7 +281,7 @@ def _levenberg_marquardt(
             if mu is None:
                 mu = options.damping * max(g_max, 1.0)
         if dense:
-            step = torch.linalg.solve(normal + mu * torch.eye(len(g), dtype=g.dtype, device=g.device), -g)
+            step = _damped_solve(normal, mu, g)
         else:
             step = _cg(lambda v: point.jt(d * d * point.j(v)) + mu * v, -g, options)
         if _norm(step) <= options.tol * (_norm(z) + options.tol):
@@ -305,6 +305,17 @@ def _levenberg_marquardt(
             mu *= nu
             nu *= 2.0
     return point, iterations, "max_iterations", f"{options.max_iterations} Levenberg-Marquardt steps"
+
+
+def _damped_solve(normal: torch.Tensor, mu: float, g: torch.Tensor) -> torch.Tensor:
+    """``(normal + mu I)^-1 (-g)``, ``normal = J'J``: by Cholesky (the matrix is symmetric
+    positive definite for ``mu > 0``), by LU where round-off leaves it without a factor."""
+    damped = normal.clone()
+    damped.diagonal().add_(mu)
+    factor, info = torch.linalg.cholesky_ex(damped)
+    if int(info) == 0:
+        return torch.cholesky_solve(-g[:, None], factor)[:, 0]
+    return torch.linalg.solve(damped, -g)
 
 
 def _grad(

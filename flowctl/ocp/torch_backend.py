@@ -111,6 +111,8 @@ class TorchShooting:
         term = problem.terminal_residual
         self._terminal = term if isinstance(term, ShootingTerminal) else None
         self._linear_jacobian: tuple[torch.Tensor, torch.Tensor] | None = None  # of the penalties and bounds
+        if self._batch_steps is not None:  # every stage's weights, stacked in stage order: (S N, 1)
+            self._stage_weights = torch.cat([w for _, _, weights in self._batch_steps for w in weights])
         self._previous: SolveResult | None = None
 
     def rollout(self, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
@@ -177,6 +179,24 @@ class TorchShooting:
                 residuals += [w * p.stage_residual(s.x, u, s.t) for w, s in zip(weights, stages)]
         return x, residuals
 
+    def _batched_interval(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_interval` on all intervals at once (``x`` and ``u`` stacked, interval k in row
+        k): the end states and the weighted stage costs as one ``(N, S R)`` tensor, stage s's in
+        columns ``s R .. (s + 1) R``. The stage residual is called once, on the ``S`` stages'
+        states stacked (``(S N, .)``; its rows elementwise those of one call per stage): fewer
+        operations to record and to differentiate."""
+        p = self.problem
+        f = lambda y, t: self._model.velocity(y, t, u)  # noqa: E731
+        points = []
+        for ta, tb, _ in self._batch_steps:
+            x, stages = rk_step(self._tableau, f, x, ta, tb)
+            points += stages
+        if p.stage_residual is None:
+            return x, x.new_zeros(x.shape[0], 0)
+        rows, S = x.shape[0], len(points)
+        r = p.stage_residual(torch.cat([s.x for s in points]), u.repeat(S, 1), torch.cat([s.t for s in points]))
+        return x, (self._stage_weights * r).view(S, rows, -1).transpose(0, 1).reshape(rows, -1)
+
     def _shoot(
         self, x0: torch.Tensor, controls: torch.Tensor, nodes: torch.Tensor | None, costs: bool = True
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -215,8 +235,8 @@ class TorchShooting:
         controls, nodes = z[0], z[1]
         states = torch.cat([x0[None], nodes])
         calls = self.counter.by_kind["forward"]
-        x_end, stage = self._interval(states[:-1], controls, self._batch_steps)
-        outputs = torch.cat([x_end] + stage, dim=1)  # interval k's end state and stage costs in row k
+        x_end, stage = self._batched_interval(states[:-1], controls)
+        outputs = torch.cat([x_end, stage], dim=1)  # interval k's end state and stage costs in row k
         interval_calls = self.counter.by_kind["forward"] - calls
         terminal = self._terminal_residuals(states[-1], z)
         terminal_calls = self.counter.by_kind["forward"] - calls - interval_calls
