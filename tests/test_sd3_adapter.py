@@ -44,7 +44,9 @@ from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError, Unk
 from flowctl.ocp import LeastSquaresOptions  # noqa: E402
 from flowctl.sampling import resume  # noqa: E402
 from flowctl.text import HashingEncoder  # noqa: E402
-from flowctl.transitions import Blend, ClosedFormController, DirectSwitch, Shooting, ShootingMPC, TransitionRequest  # noqa: E402
+from flowctl.transitions import (  # noqa: E402
+    Blend, ClosedFormController, DirectSwitch, SecantCorrection, Shooting, ShootingMPC, TransitionRequest,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sd3_tiny import tiny_embeddings, tiny_pipeline, tiny_text_pipeline  # noqa: E402
@@ -240,6 +242,9 @@ STRATEGIES = [
     Blend("linear"),
     Blend("sigmoid"),
     ClosedFormController(),
+    SecantCorrection(),
+    Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2),
+    ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2)),
     MathAttention(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact")),
     MathAttention(ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact"), max_replans=0)),
 ]
@@ -260,6 +265,8 @@ def test_prompt_switch_with_each_strategy_is_finite(strategy):
     assert result.nfe["forward"] >= steps - 1
     if isinstance(strategy, MathAttention):
         assert result.nfe["jvp"] > 0 and result.nfe["vjp"] > 0
+    elif isinstance(strategy, (SecantCorrection, Shooting, ShootingMPC)):  # the direct switch's calls and one more
+        assert result.nfe == {"forward": steps - 1 + 1}
 
 
 def test_forward_ad_through_the_mmdit_needs_math_attention():
