@@ -165,3 +165,11 @@ def test_the_secant_correction_beats_the_direct_switch_on_the_embedded_model(mod
     direct, secant = DirectSwitch().run(req), SecantCorrection().run(req)
     assert secant.nfe["forward"] == direct.nfe["forward"] + 1 and secant.fallbacks == 0
     assert psnr(secant.final) > psnr(direct.final) + 3.0  # about 4 dB measured on this pair (docs/cache.md)
+
+
+def test_the_embedded_model_loads_in_bfloat16(encoder):
+    half = load_embedded(encoder=encoder, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and half.transformer.dtype == torch.bfloat16
+    noise = embedded_noise(0, half)[0]
+    image = integrate(half, noise, embedded_grid(4), half.condition(A), keep="final").final
+    assert image.dtype == torch.bfloat16 and torch.isfinite(image).all()

@@ -59,7 +59,9 @@ def load_embedded(
     if not (folder / "config.json").is_file() or not record_path.is_file():
         raise InvalidArgumentError("path", f"{folder} is not an embedded-model folder (config.json and train.json)")
     tokens = json.loads(record_path.read_text())["text"]["tokens"]
-    transformer = SD3Transformer2DModel.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval().requires_grad_(False)
+    transformer = SD3Transformer2DModel.from_pretrained(folder, low_cpu_mem_usage=False).eval().requires_grad_(False)
+    # from_pretrained leaves these float32 weights in float32 whatever torch_dtype says: cast here
+    torch.nn.Module.to(transformer, device=device, dtype=dtype)
     prompts = MiniLMPromptEncoder(encoder or MiniLMEncoder(), tokens=tokens, guidance_scale=guidance_scale,
                                   negative_prompt=negative_prompt, dtype=dtype, device=device)
     return SD3Dynamics(transformer, name=NAME, prompts=prompts)
