@@ -30,7 +30,7 @@ my_section)`` to ``SECTIONS``; add any options it needs to ``main``'s parser.
 ``setup() -> step(x) -> (u, info)`` (``info`` holds "iterations" and, where known, "solver_s",
 the seconds of the solver call); ``time_solves`` times repeated solves of one backend.
 
-Timing protocol (DESIGN.md's house style 10): setup (build) time is reported apart from the
+Timing protocol (docs/conventions.md): setup (build) time is reported apart from the
 per-step time. Quadcopter: for each method one untimed warm-up closed loop, then ``--repeats``
 closed loops, each from a fresh setup, the methods taking turns; in each loop every step's wall
 time (the solve call, and for the plain loop its l/u update) is taken, and the loop's median and

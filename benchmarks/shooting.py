@@ -4,7 +4,7 @@
    (its docs/examples/python/direct_{single,multiple}_shooting.py), and flowctl's TorchShooting
    (Levenberg-Marquardt with dense steps, and matrix-free with conjugate gradients; multiple
    shooting with all intervals as one batch, and interval by interval) on the same problem.
-2. DESIGN.md's transition problem on the exact Gaussian-mixture flow (smooth random means, two random prompts):
+2. The transition problem (docs/shooting.md) on the exact Gaussian-mixture flow (smooth random means, two random prompts):
    shooting with each terminal residual and transcription against direct switch, the no-op floor
    and B from scratch at the same forward-NFE budget, scored against B's reference.
 

@@ -31,7 +31,7 @@ def test_minilm_embeddings_are_unit_float32_rows(minilm):
 
 
 def test_minilm_reproduces_the_reference_similarities(minilm):
-    """REFERENCES.md, "Text similarity offline"."""
+    """The similarities all-MiniLM-L6-v2 gives for the seed's prompts (docs/cache.md, "Similarity and the policy")."""
     e = minilm.encode(["A beautiful mountain landscape", "Mountain landscape that is beautiful", "a photo of a cat"])
     sim = cosine(e[:1], e)[0]
     assert sim[0].item() == pytest.approx(1.0, abs=1e-5)

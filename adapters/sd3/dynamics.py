@@ -7,7 +7,7 @@ Latents are ``(B, C, H, W)`` in the transformer's dtype and on its device.
 
 Classifier-free guidance is laid out as ``StableDiffusion3Pipeline.__call__`` lays it out (a
 batch of ``[negative, positive]``, ``uncond + scale * (text - uncond)``, on only when
-``guidance_scale > 1``): the layout changes the bits (REFERENCES.md), so keeping it is what
+``guidance_scale > 1``): the layout changes the bits (docs/sd3.md, "What breaks the equality"), so keeping it is what
 makes the adapter's loop equal the pipeline's.
 """
 

@@ -1,4 +1,4 @@
-"""The cross-prompt caching benchmark (DESIGN.md's protocol) on a prompt-conditioned flow.
+"""The cross-prompt caching benchmark (its protocol: docs/cache.md) on a prompt-conditioned flow.
 
 For every shipped prompt pair (A, B) and a batch of seeds: A is generated from scratch and
 stored in the cache; B's reference is B from scratch from the same noise. B is then looked up;

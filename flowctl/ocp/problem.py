@@ -18,7 +18,7 @@ negative and the quadrature uses |h|.
 How the control enters:
 - ``control="input"``: ``dx/dt = dynamics.velocity(x, t, u)`` (a :class:`ControlSystem`).
 - ``control="additive"``: ``dx/dt = dynamics.velocity(x, t, cond) + u`` (a flow model steered
-  by an additive velocity, DESIGN.md's transition problem); ``u`` has the state's shape.
+  by an additive velocity, the transition problem of docs/shooting.md); ``u`` has the state's shape.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN.md's transition problem: continue prompt A's state as prompt B under a control.
+"""The transition problem (docs/shooting.md): continue prompt A's state as prompt B under a control.
 
 A cache hit gives ``x_k`` on A's trajectory at grid step k, the run's noise ``eps`` and prompt
 B. Over H grid steps the state follows the blended field plus a control,
