@@ -49,19 +49,20 @@ class NFECounter:
         budget: NFE-equivalents the counted calls may spend (a finite number >= 0), or None for
             no cap. A call that would go past it raises :class:`BudgetExceededError` before it
             is counted (and, through :class:`CountedDynamics`, before it is made).
-        cost: weight of each kind, relative to a forward call (default :data:`DEFAULT_COST`).
+        cost: weight of each kind, relative to a forward call; kinds it leaves out take
+            :data:`DEFAULT_COST`'s.
     """
 
     def __init__(self, *, budget: float | None = None, cost: Mapping[str, float] | None = None) -> None:
         self.by_kind: Counter[str] = Counter()
         self._kind = "forward"
         self.budget = None if budget is None else check_budget("budget", budget)
-        self.cost = dict(DEFAULT_COST if cost is None else check_cost("cost", cost))
+        self.cost = {**DEFAULT_COST, **({} if cost is None else check_cost("cost", cost))}
 
     @property
     def equivalents(self) -> float:
         """The counted calls in NFE-equivalents (weighted by ``cost``)."""
-        return float(sum(n * self.cost.get(kind, 1.0) for kind, n in self.by_kind.items()))
+        return float(sum(n * self.cost[kind] for kind, n in self.by_kind.items()))
 
     @property
     def total(self) -> float:
@@ -74,7 +75,7 @@ class NFECounter:
             raise InvalidArgumentError("n", f"must be a finite number >= 0, got {n!r}")
         kind = kind or self._kind
         if self.budget is not None:
-            after = self.equivalents + n * self.cost.get(kind, 1.0)
+            after = self.equivalents + n * self.cost[kind]
             if after > self.budget + 1e-9:
                 raise BudgetExceededError(f"a {kind} call would spend {after:g} of a budget of {self.budget:g} NFE-equivalents")
         self.by_kind[kind] += n

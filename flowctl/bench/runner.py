@@ -371,7 +371,8 @@ class _Bench:
             budget = min(n, max(1, round(equivalents)))
             fewer = score(self.scratch_memo(pair.b, budget))["psnr"] if budget < n else float("inf")
             figures = score(result.final)
-            direct_psnr = figures["psnr"] if isinstance(method, DirectSwitch) else direct_psnr
+            if isinstance(method, DirectSwitch):  # also the equal-cost baseline at this step: no second run
+                direct_psnr = self._direct[lookup.entry.prompt, pair.b, request.step] = figures["psnr"]
             runs.append(Run(
                 method.name, nfe=dict(result.nfe), nfe_equivalents=equivalents, seconds=seconds,
                 planning=result.phases.get("planning", 0.0), status=result.status.value,

@@ -10,6 +10,7 @@ Sigma runs from 1 (noise) to 0 (data), as everywhere in flowctl.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ class TransitionRequest:
         similarity: the prompts' similarity, if known (some strategies adapt to it).
         cost: the model's cost of a call by kind relative to a forward call (``{"forward": 1,
             "jvp": ..., "vjp": ...}``, measured on the model), which planners' budgets are
-            counted in; None for :data:`flowctl.dynamics.DEFAULT_COST`.
+            counted in; kinds it leaves out take :data:`flowctl.dynamics.DEFAULT_COST`'s.
     """
 
     model: Dynamics
@@ -64,7 +65,7 @@ class TransitionRequest:
             other = getattr(self.point, name)
             if other is not None:
                 check_same_shape(f"point.{name}", check_tensor(f"point.{name}", other), "point.state", state)
-        object.__setattr__(self, "cost", dict(DEFAULT_COST if self.cost is None else check_cost("cost", self.cost)))
+        object.__setattr__(self, "cost", {**DEFAULT_COST, **({} if self.cost is None else check_cost("cost", self.cost))})
 
     @property
     def grid(self) -> SigmaGrid:
@@ -158,11 +159,7 @@ def planning_counter(request: TransitionRequest, budget: float) -> NFECounter:
 
 def merged(*counters: NFECounter) -> dict[str, float]:
     """Evaluations by kind over several counters."""
-    total: dict[str, float] = {}
-    for c in counters:
-        for kind, n in c.by_kind.items():
-            total[kind] = total.get(kind, 0.0) + n
-    return total
+    return dict(sum((c.by_kind for c in counters), Counter()))
 
 
 def finish_with(model: Dynamics, x: torch.Tensor, request: TransitionRequest, step: int) -> torch.Tensor:

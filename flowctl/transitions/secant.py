@@ -47,7 +47,6 @@ class SecantStep:
         v_b: ``v_B(x)``, the direct switch's first evaluation.
         v_trial: ``v_B(x + delta)`` (``v_b`` where no trial was made).
         v_a: ``v_A(x)`` (None where the budget allowed no correction).
-        fallback: (B, 1, ...) True where the safeguard kept the direct switch.
         status: SOLVED, or BUDGET where the budget allowed no correction.
         message: why, where not SOLVED.
     """
@@ -57,7 +56,6 @@ class SecantStep:
     v_b: torch.Tensor
     v_trial: torch.Tensor
     v_a: torch.Tensor | None
-    fallback: torch.Tensor
     status: SolveStatus
     message: str = ""
 
@@ -71,7 +69,9 @@ class SecantStep:
 
     @property
     def fallbacks(self) -> int:
-        return int(self.fallback.sum()) if self.status is SolveStatus.SOLVED else 0
+        """Samples the safeguard kept on the direct switch (none counted when no correction was
+        attempted)."""
+        return int((self.beta == 0).sum()) if self.status is SolveStatus.SOLVED else 0
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,13 @@ class SecantCorrection:
         needed = request.cost["forward"] * (1 + (v_a is None))
         if needed > self.budget:
             message = f"needs {needed:g} NFE-equivalents, the budget is {self.budget:g}: continued as the direct switch"
-            return SecantStep(none, torch.zeros_like(x), v_b, v_b, None, none == 0, SolveStatus.BUDGET, message)
+            return SecantStep(none, torch.zeros_like(x), v_b, v_b, None, SolveStatus.BUDGET, message)
         if v_a is None:
             v_a = planner.velocity(x, sigma, request.cond_a)
         delta = -sigma * (1 - sigma) * (v_b - v_a)
         v_trial = planner.velocity(x + delta, sigma, request.cond_b)
         beta = self._step_length((1 - sigma) * (v_b - v_a), delta + (1 - sigma) * (v_trial - v_b)).to(x.dtype)
-        return SecantStep(beta, delta, v_b, v_trial, v_a, beta == 0, SolveStatus.SOLVED)
+        return SecantStep(beta, delta, v_b, v_trial, v_a, SolveStatus.SOLVED)
 
     def run(self, request: TransitionRequest) -> TransitionResult:
         if request.point.method != "euler":

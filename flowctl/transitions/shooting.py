@@ -241,9 +241,9 @@ class ShootingMPC:
                 du = torch.zeros_like(x)
                 if controlling:
                     try:
-                        jac = fields.linearisation(self.jacobian, request, x, sigma)
-                        self._backend(backends, jac, min(self.horizon, horizon - i), x.numel())
-                        du = self._correction(jac, v, x, ref, controls, i - first, j, min(self.horizon, horizon - i), grid, backends)
+                        jac, np_ = fields.linearisation(self.jacobian, request, x, sigma), min(self.horizon, horizon - i)
+                        backend = self._backend(backends, jac, np_, x.numel())
+                        du = self._correction(jac, v, x, ref, controls, i - first, j, np_, grid, backend)
                     except BudgetExceededError:
                         controlling, status, message = False, SolveStatus.BUDGET, _over_budget(self.shooting.budget)
                 x = x + ds * (v + controls[i - first] + du)
@@ -265,7 +265,7 @@ class ShootingMPC:
         synchronisation; asked only while a re-plan is left)."""
         return bool((x - planned).norm() > self.replan_tolerance * planned.norm().clamp_min(1e-30))
 
-    def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backends) -> torch.Tensor:
+    def _correction(self, jac, v, x, ref, controls, i, j, np_, grid, backend: StructuredBackend) -> torch.Tensor:
         """First control of the tracking QP: deviation from the planned control at step i. Its
         data were checked where the transition started: no host synchronisation here."""
         n, layout = x.numel(), StateLayout.of(jac)
@@ -273,7 +273,7 @@ class ShootingMPC:
         lin = euler_linearisation(jac, ds, v, x, controls[i : i + np_], dtype=x.dtype, validate=False)
         reference = layout.permute(ref[i + 1 : i + 1 + np_].reshape(np_, n))
         start = layout.permute(x.reshape(-1))
-        solution = self._backend(backends, jac, np_, n).solve(lin, start, reference, torch.zeros_like(start), validate=False)
+        solution = backend.solve(lin, start, reference, torch.zeros_like(start), validate=False)
         return layout.unpermute(solution.controls[0]).reshape(x.shape).to(x)
 
 
