@@ -21,7 +21,7 @@ from dataclasses import replace
 from .bench.report import markdown, write_outputs
 from .bench.runner import BenchConfig, BenchResult, run_benchmark
 from .errors import FlowctlError, InvalidArgumentError
-from .text import MissingDependencyError
+from .errors import MissingDependencyError
 from .transitions import STRATEGY_NAMES
 
 QUICK = dict(steps=12, seeds=2, pairs_per_bucket=1, sweep=(0.3, 0.6), sweep_pairs=1, repeats=1, shooting_iterations=2, components=24, size=16)
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     image.add_argument("--model", default="embedded", help="'embedded' (the shipped shapes model, default) or a local SD3 checkpoint directory")
     image.add_argument("--steps", type=int, default=28, help="denoising steps (default %(default)s)")
     image.add_argument("--seed", type=int, default=0, help="seed of the noise (default %(default)s)")
-    image.add_argument("--cache", default="flowctl-cache", help="cache directory (default %(default)s)")
+    image.add_argument("--cache", default="flowctl-cache", help="cache directory or postgresql:// URL (default %(default)s)")
     image.add_argument("--namespace", default="default", help="the cache tenant (default %(default)s)")
     image.add_argument("--out", default="flowctl.png", help="image file to write (default %(default)s)")
     sub.add_parser("generate", parents=[image, model], help="a prompt from scratch to a PNG; the run is stored in the cache (created if missing)")
@@ -78,10 +78,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_cache(sub: argparse._SubParsersAction) -> None:
-    cache = sub.add_parser("cache", help="list, inspect or clear a persistent cache directory")
+    cache = sub.add_parser("cache", help="list, inspect or clear a persistent cache (a directory or PostgreSQL)")
     commands = cache.add_subparsers(dest="cache_command", required=True)
     where = argparse.ArgumentParser(add_help=False)
-    where.add_argument("--dir", required=True, help="the cache directory (a DiskStore)")
+    where.add_argument("--cache", required=True, help="the cache directory, or a postgresql:// URL")
     where.add_argument("--namespace", default=None, help="only this tenant's entries (default: all)")
     commands.add_parser("list", parents=[where], help="one JSON line per entry (no tensor is read)")
     inspect = commands.add_parser("inspect", parents=[where], help="one entry in full: sigma, timestep and dt at each cached step")
@@ -91,26 +91,30 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from .cache.inspect import describe, open_existing, summary
+    from .cache import open_store
+    from .cache.inspect import describe, summary
 
-    store = open_existing(args.dir)
-    records = [r for r in store.index() if args.namespace in (None, r.namespace)]
-    if args.cache_command == "list":
-        for record in sorted(records, key=lambda r: r.created):
-            print(json.dumps(summary(record)))
-    elif args.cache_command == "inspect":
-        record = next((r for r in records if r.entry_id == args.id), None)
-        if record is None:
-            raise InvalidArgumentError("id", f"no entry {args.id!r} in {args.dir!r}" + (f", namespace {args.namespace!r}" if args.namespace else ""))
-        print(json.dumps(describe(store.read(record.entry_id)), indent=2))
-    else:
-        if args.namespace is None and not args.all:
-            raise InvalidArgumentError("--namespace", "name the namespace to clear, or pass --all")
-        for record in records:
-            store.delete(record.entry_id)
-        print(json.dumps({"deleted": len(records), "left": len(store)}))
-    for entry_id, why in store.skipped.items():
-        print(f"skipped {entry_id}: {why}", file=sys.stderr)
+    if args.namespace is not None and not args.namespace.strip():
+        raise InvalidArgumentError("--namespace", "must not be empty")
+    if args.cache_command == "clear" and args.namespace is None and not args.all:
+        raise InvalidArgumentError("--namespace", "name the namespace to clear, or pass --all")
+    store = open_store(args.cache, create=False, argument="--cache")
+    try:
+        if args.cache_command == "list":
+            for record in store.records(args.namespace):
+                print(json.dumps(summary(record)))
+        elif args.cache_command == "inspect":
+            record = next((r for r in store.records(args.namespace) if r.entry_id == args.id), None)
+            if record is None:
+                raise InvalidArgumentError("id", f"no entry {args.id!r} in {args.cache!r}" + (f", namespace {args.namespace!r}" if args.namespace else ""))
+            print(json.dumps(describe(store.get(record.entry_id, record.namespace)), indent=2))
+        else:
+            deleted = store.clear(args.namespace)
+            print(json.dumps({"deleted": deleted, "left": len(store)}))
+        for entry_id, why in store.quarantined.items():
+            print(f"quarantined {entry_id}: {why}", file=sys.stderr)
+    finally:
+        store.close()
     return 0
 
 

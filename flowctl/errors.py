@@ -40,6 +40,10 @@ class UnknownNameError(InvalidArgumentError):
         super().__init__(argument, f"unknown name {name!r}; known: {', '.join(self.known)}")
 
 
+class MissingDependencyError(FlowctlError, ImportError):
+    """An optional dependency (an extra of the flowctl package) is not installed."""
+
+
 class IntegrationError(FlowctlError):
     """An integration produced a non-finite state (the dynamics diverged or returned NaN)."""
 
@@ -47,3 +51,14 @@ class IntegrationError(FlowctlError):
 class BudgetExceededError(FlowctlError):
     """A counted model evaluation would take a planner past its budget of NFE-equivalents; the
     evaluation was not made. Planners catch it, stop with status ``budget`` and say so."""
+
+
+class CacheStorageError(FlowctlError):
+    """A cache store could not be read or written (an OS error, or its database server is down
+    or refused); what was already stored is unchanged and nothing was deleted. Often transient:
+    retrying may succeed."""
+
+
+class CacheFullError(CacheStorageError):
+    """A cache store has no space left for a new entry (the disk or the database is full); the
+    store still opens, lists, inspects and clears."""

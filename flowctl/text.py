@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ._checks import check_int, check_tensor
-from .errors import FlowctlError, InvalidArgumentError, ShapeError
+from .errors import InvalidArgumentError, MissingDependencyError, ShapeError
 
 
 @runtime_checkable
@@ -43,10 +43,6 @@ class TextEncoder(Protocol):
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         ...
-
-
-class MissingDependencyError(FlowctlError, ImportError):
-    """An optional dependency (an extra of the flowctl package) is not installed."""
 
 
 def check_prompts(prompts: object) -> tuple[str, ...]:

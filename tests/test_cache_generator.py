@@ -76,8 +76,8 @@ def test_namespaces_isolate_tenants(model):
 
 
 def test_the_cache_survives_a_restart(model, tmp_path):
-    first = generator(model, CacheStore(device_bytes=1 << 24, host_bytes=0, disk=DiskStore(tmp_path))).generate(PROMPT, noise())
-    restarted = generator(model, CacheStore(device_bytes=1 << 24, host_bytes=0, disk=DiskStore(tmp_path)))
+    first = generator(model, CacheStore(device_bytes=1 << 24, host_bytes=0, persistent=DiskStore(tmp_path))).generate(PROMPT, noise())
+    restarted = generator(model, CacheStore(device_bytes=1 << 24, host_bytes=0, persistent=DiskStore(tmp_path)))
     result = restarted.generate(PROMPT, noise())
     assert result.hit and torch.equal(result.final, first.final)
 

@@ -73,7 +73,7 @@ class StoreMachine(RuleBasedStateMachine):
     def setup(self, device_bytes, host_bytes, use_disk):
         self.tmp = tempfile.TemporaryDirectory() if use_disk else None
         disk = DiskStore(self.tmp.name) if use_disk else None
-        self.store = CacheStore(device_bytes=device_bytes, host_bytes=host_bytes, eviction=self.eviction, disk=disk)
+        self.store = CacheStore(device_bytes=device_bytes, host_bytes=host_bytes, eviction=self.eviction, persistent=disk)
         self.live = {}  # entry id -> the entry last put under it
         self.seed = 0
 
@@ -88,7 +88,7 @@ class StoreMachine(RuleBasedStateMachine):
     def put(self, steps, namespace, other_key):
         self.seed += 1
         entry = make_entry(self.seed, key=OTHER_KEY if other_key else KEY, steps=steps, namespace=namespace)
-        if self.store.disk is None and entry.nbytes > max(self.store.device_bytes, self.store.host_bytes):
+        if self.store.persistent is None and entry.nbytes > max(self.store.device_bytes, self.store.host_bytes):
             with pytest.raises(InvalidArgumentError):
                 self.store.put(entry)
             return
@@ -109,7 +109,7 @@ class StoreMachine(RuleBasedStateMachine):
     def get(self, i):
         entry = self._pick(i)
         if entry.entry_id not in self.store:  # evicted (there is no disk store)
-            assert self.store.disk is None
+            assert self.store.persistent is None
             with pytest.raises(CacheMissError):
                 self.store.get(entry.entry_id, namespace=entry.namespace)
             return
@@ -152,8 +152,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert stats.device_entries + stats.host_entries + stats.disk_entries == len(self.store)
         # No entry the model does not know; with a disk store, no entry lost.
         assert len(self.store) == sum(i in self.store for i in self.live)
-        if self.store.disk is not None:
-            assert len(self.store) == len(self.live) == len(self.store.disk)
+        if self.store.persistent is not None:
+            assert len(self.store) == len(self.live) == len(self.store.persistent)
 
 
 class BenefitMachine(StoreMachine):
@@ -294,7 +294,7 @@ def test_what_no_tier_can_hold_is_rejected_without_a_disk_store():
 @pytest.mark.parametrize(
     "kwargs, error",
     [({"eviction": "lfu"}, UnknownNameError), ({"device_bytes": -1}, InvalidArgumentError),
-     ({"device": "nonsense"}, InvalidArgumentError), ({"disk": "/tmp"}, InvalidArgumentError)],
+     ({"device": "nonsense"}, InvalidArgumentError), ({"persistent": "/tmp"}, InvalidArgumentError)],
 )
 def test_bad_store_arguments_raise_typed_errors(kwargs, error):
     with pytest.raises(error):

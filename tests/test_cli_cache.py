@@ -15,33 +15,33 @@ def cache_dir(tmp_path):
     model = PromptedMixtureFlow(HashingEncoder(), components=6, size=8)
     noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     for namespace, prompt in (("alice", "a red circle"), ("alice", "a zebra"), ("bob", "a blue square")):
-        store = CacheStore(device_bytes=1 << 20, host_bytes=0, disk=DiskStore(tmp_path))
+        store = CacheStore(device_bytes=1 << 20, host_bytes=0, persistent=DiskStore(tmp_path))
         CachedGenerator(model, model.encoder, store, SigmaGrid.create(8, 3.0), namespace=namespace).generate(prompt, noise)
     return tmp_path
 
 
 def test_list_inspect_and_clear(cache_dir, capsys):
-    assert main(["cache", "list", "--dir", str(cache_dir)]) == 0
+    assert main(["cache", "list", "--cache", str(cache_dir)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == ["a red circle", "a zebra", "a blue square"]
     assert {r["namespace"] for r in rows} == {"alice", "bob"} and all(r["encoder"] == "hashing-bow-512" for r in rows)
 
-    assert main(["cache", "inspect", rows[0]["id"], "--dir", str(cache_dir)]) == 0
+    assert main(["cache", "inspect", rows[0]["id"], "--cache", str(cache_dir)]) == 0
     shown = json.loads(capsys.readouterr().out)
     grid = SigmaGrid.create(8, 3.0)
     for k, at in shown["at_steps"].items():
         assert at["sigma"] == float(grid.t(int(k))) and at["timestep"] == float(grid.timestep(int(k)))
     assert shown["noise_shape"] == [1, 3, 8, 8]
 
-    assert main(["cache", "clear", "--dir", str(cache_dir), "--namespace", "alice"]) == 0
+    assert main(["cache", "clear", "--cache", str(cache_dir), "--namespace", "alice"]) == 0
     assert json.loads(capsys.readouterr().out) == {"deleted": 2, "left": 1}
-    assert [r.prompt for r in DiskStore(cache_dir).index()] == ["a blue square"]
+    assert [r.prompt for r in DiskStore(cache_dir).records()] == ["a blue square"]
 
 
 def test_bad_input_is_a_clear_error(cache_dir, tmp_path, capsys):
-    assert main(["cache", "list", "--dir", str(tmp_path / "nowhere")]) == 2
+    assert main(["cache", "list", "--cache", str(tmp_path / "nowhere")]) == 2
     assert "no cache directory" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
-    assert main(["cache", "inspect", "deadbeef", "--dir", str(cache_dir)]) == 2
+    assert main(["cache", "inspect", "deadbeef", "--cache", str(cache_dir)]) == 2
     assert "no entry 'deadbeef'" in capsys.readouterr().err
-    assert main(["cache", "clear", "--dir", str(cache_dir)]) == 2  # neither --namespace nor --all
+    assert main(["cache", "clear", "--cache", str(cache_dir)]) == 2  # neither --namespace nor --all
     assert "--all" in capsys.readouterr().err and len(DiskStore(cache_dir)) == 3

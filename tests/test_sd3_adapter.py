@@ -39,7 +39,7 @@ from flowctl.adapters.sd3 import (  # noqa: E402
     scheduler_grid,
     to_uint8,
 )
-from flowctl.cache import CachedGenerator, CacheStore  # noqa: E402
+from flowctl.cache import CachedGenerator, CacheStore, DiskStore  # noqa: E402
 from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnknownNameError  # noqa: E402
 from flowctl.ocp import LeastSquaresOptions  # noqa: E402
 from flowctl.sampling import resume  # noqa: E402
@@ -447,7 +447,7 @@ def test_cli_generate_continue_bench(saved, tmp_path, capsys, text_pipe):
     a, b = "a large red circle on a blue background", "a big red circle on a blue background"
     assert main(["generate", a, *common, *cache, "--out", str(tmp_path / "a.png")]) == 0
     generated = json.loads(capsys.readouterr().out)
-    assert generated["entry_id"] and (tmp_path / "cache" / f"{generated['entry_id']}.safetensors").exists()
+    assert generated["entry_id"] in DiskStore(tmp_path / "cache")
     reference = text_pipe(
         prompt=a, generator=torch.Generator().manual_seed(3), num_inference_steps=6, guidance_scale=4.0,
         height=32, width=32, max_sequence_length=8, output_type="pil",

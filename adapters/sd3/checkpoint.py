@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from flowctl.errors import InvalidArgumentError, UnknownNameError
-from flowctl.text import MissingDependencyError
+from flowctl.errors import MissingDependencyError
 
 from .errors import CheckpointError, CheckpointNotFoundError, DeviceMemoryError, NotSD3CheckpointError
 

@@ -27,8 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
-from flowctl.cache import CacheEntry, CachedGenerator, CacheStore, DiskStore, get_policy
-from flowctl.cache.inspect import open_existing
+from flowctl.cache import CacheEntry, CachedGenerator, CacheStore, get_policy, open_store
 from flowctl.cli import bench_config, report
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
@@ -148,7 +147,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     if args.command != "bench":
         if not args.prompt.strip():
             raise InvalidArgumentError("prompt", "must not be empty")
-        disk = open_existing(args.cache, option="--cache") if args.command == "continue" else None  # generate makes one
+        persistent = open_store(args.cache, create=False, argument="--cache") if args.command == "continue" else None  # generate makes one
     loaded = load_model(args, say)
     dynamics = loaded.dynamics
     if args.command == "bench":
@@ -163,7 +162,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
     noise, state = loaded.noise(args.seed)
     grid = loaded.grid(args.steps, noise)
-    store = CacheStore(dynamics.device, disk=disk or DiskStore(args.cache))
+    store = CacheStore(dynamics.device, persistent=persistent or open_store(args.cache, argument="--cache"))
     with tqdm(desc=args.command, unit="eval", file=err, total=None) as bar:
         model = _Progress(dynamics, bar)
         cached = CachedGenerator(model, loaded.encoder, store, grid, policy=policy, namespace=args.namespace, guidance=loaded.guidance)

@@ -1,11 +1,12 @@
-"""The cross-prompt trajectory cache: complete entries, memory tiers, a persistent store, the
-similarity policy and cached generation."""
+"""The cross-prompt trajectory cache: complete entries, memory tiers, persistent stores (a local
+directory, PostgreSQL), the similarity policy and cached generation."""
 
 from .disk import CacheCorruptionWarning, DiskStore
 from .entry import CacheEntry, CacheKey, CacheMissError
 from .generator import CachedGenerator, GenerationResult, Lookup, PromptModel
+from .persistent import Match, PersistentStore, open_store
 from .policy import NIRVANA_POLICY, SEED_POLICY, Bucket, CachePolicy, Decision, get_policy
-from .store import CacheStats, CacheStore, Match
+from .store import CacheStats, CacheStore
 
 __all__ = [
     "CacheKey",
@@ -14,7 +15,10 @@ __all__ = [
     "CacheStore",
     "CacheStats",
     "Match",
+    "PersistentStore",
     "DiskStore",
+    "PostgresStore",
+    "open_store",
     "CacheCorruptionWarning",
     "CachePolicy",
     "Bucket",
@@ -27,3 +31,12 @@ __all__ = [
     "Lookup",
     "PromptModel",
 ]
+
+
+def __getattr__(name: str):
+    # PostgresStore needs the 'postgres' extra: imported on first use.
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

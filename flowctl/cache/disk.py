@@ -1,324 +1,530 @@
-"""The persistent tier: one safetensors file per cache entry, plus an index for look-ups.
+"""The local persistent store: a cache directory that any number of processes on one machine
+share.
 
 A cache directory holds
 
-- ``<entry_id>.safetensors``: tensors ``state.<step>``, ``velocity.<step>`` (where kept; files
-  written before velocities were kept have none and load with none), ``noise``, ``embedding``,
-  ``grid`` (the sigmas) and, if kept, ``generator_state``; its metadata holds ``format``, ``entry`` (JSON:
-  id, namespace, prompt, created, nbytes, key and grid parameters) and ``sha256`` (digest of the
-  tensors), so every file describes itself;
-- ``index.json``: entry_id -> {namespace, prompt, key, embedding, steps, nbytes, created, file,
-  sha256}, what :meth:`CacheStore.nearest` needs without opening a tensor. It is derivable from
-  the files and rebuilt from them when unreadable.
+- ``<entry_id>.<token>.safetensors``: one entry each, in the :mod:`~flowctl.cache.codec` format
+  (self-describing, its checksum or HMAC covering metadata and tensors). Files are never
+  overwritten: replacing an entry writes a new file (a new token) and deletes the old one after
+  the index points at the new one;
+- ``index.sqlite`` (with ``-wal`` and ``-shm``): SQLite in WAL mode. A row per entry (namespace,
+  prompt, key, embedding, steps, size, creation time, checksum, file, hits, last use), a change
+  log from which every process's in-memory search index catches up with the others' commits
+  (checked per look-up with ``PRAGMA data_version``, which costs no I/O when nothing changed),
+  and the store's settings (the format, a check value of the secret);
+- ``quarantine/``: entries that failed verification, moved aside with a ``.why`` note;
+- ``.tmp-<pid>-*``: files being written by process ``<pid>``.
 
-Every file is written to a temporary file in the directory, flushed, fsynced and renamed over
-its target, so a crash leaves the old file or the new one, never a torn one. Entries that are
-missing, unreadable or fail validation are skipped with a :class:`CacheCorruptionWarning` and
-listed in :attr:`DiskStore.skipped`; their files are deleted, except unindexed files that do not
-read as cache entries (they may belong to someone else). Give the cache a directory of its own,
-with one writing process.
+A put writes and fsyncs its file under a temporary name, then, holding SQLite's write lock,
+renames it into place and commits its row: a crash leaves the old entry or the new one, and at
+worst an unreferenced file, which the next opening removes (opening never touches a live
+process's temporary files). Clearing deletes rows in one transaction, then their files, so it
+stays consistent with concurrent writers. Commits use ``synchronous=NORMAL``: durable against a
+killed process; a power cut may lose the last commits, never corrupt the index.
+
+A directory written by the previous release (an ``index.json`` beside ``<entry_id>.safetensors``
+files) is converted on opening, each entry verified and rewritten in the current format.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import os
-import tempfile
+import re
+import sqlite3
 import threading
+import time
+import uuid
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
-from ..errors import FlowctlError, InvalidArgumentError
-from ..sampling import SigmaGrid
-from .entry import ENTRY_ID, CacheEntry, CacheKey, CacheMissError, IndexRecord
+from ..errors import CacheFullError, CacheStorageError, InvalidArgumentError, ShapeError, UnknownNameError
+from . import codec
+from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_namespace, key_text, unit_embedding
+from .persistent import EvictionPolicy, Match
+from .search import AnnMode, EmbeddingIndex
 
-FORMAT = "flowctl.cache/1"
-INDEX = "index.json"
-SUFFIX = ".safetensors"
+DATABASE = "index.sqlite"
+LEGACY_INDEX = "index.json"
+QUARANTINE = "quarantine"
 TMP_PREFIX = ".tmp-"
+FILE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,128})\.(?P<token>[0-9a-f]{12})\.safetensors")
+LEGACY_FILE = re.compile(r"(?P<id>[A-Za-z0-9_-]{1,128})\.safetensors")
 
-_CORRUPT = (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError, FlowctlError)
-"""What reading a damaged file or index raises (JSON errors are ValueErrors)."""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    entry_id TEXT PRIMARY KEY, namespace TEXT NOT NULL, prompt TEXT NOT NULL, key TEXT NOT NULL,
+    embedding BLOB NOT NULL, steps TEXT NOT NULL, nbytes INTEGER NOT NULL, created REAL NOT NULL,
+    benefit REAL NOT NULL, mac TEXT NOT NULL, file TEXT NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id TEXT NOT NULL, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_ROW = "entry_id, namespace, prompt, key, embedding, steps, nbytes, created"
 
 
 class CacheCorruptionWarning(UserWarning):
-    """A cache file or the index was missing, unreadable or invalid and was skipped or rebuilt."""
+    """A stored entry failed verification and was quarantined, or a file in the cache directory
+    is not one of its entries and was left alone."""
 
 
 class DiskStore:
-    """Cache entries persisted in ``directory`` (created if missing); thread-safe.
+    """Cache entries persisted in ``directory`` (created if missing), shared by processes and
+    threads; a :class:`~flowctl.cache.persistent.PersistentStore`.
 
-    Opening cleans up temporary files of interrupted writes, adopts entry files the index
-    lacks (a crash between an entry's write and the index's) and checks every entry file's
-    header; full validation (checksum, finiteness, shapes) happens in :meth:`read`.
+    Args:
+        directory: the cache directory; give the cache one of its own.
+        secret: key of the entries' HMAC (bytes or text); default: the environment variable
+            ``FLOWCTL_CACHE_SECRET`` if set, else none (a sha256 checksum). A store written with
+            a secret opens only with it, and one written without refuses one (InvalidArgumentError)
+            until cleared, so a misconfigured process cannot quarantine what it cannot check.
+        ann: approximate look-up (see :class:`~flowctl.cache.search.EmbeddingIndex`): "never",
+            "auto" (above ``ann_threshold`` entries under one key and namespace) or "always".
+        ann_threshold: see ``ann``.
+
+    Raises:
+        CacheStorageError: the directory or its index cannot be opened.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        secret: bytes | str | None = None,
+        ann: AnnMode = "auto",
+        ann_threshold: int = 50_000,
+    ):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._secret = _secret(secret)
         self._lock = threading.RLock()
-        self._records: dict[str, IndexRecord] = {}
-        self._digests: dict[str, str] = {}
-        self._skipped: dict[str, str] = {}
-        self._open()
+        self._quarantined: dict[str, str] = {}
+        self._foreign: set[str] = set()
+        self._index = EmbeddingIndex(ann=_available(ann), ann_threshold=ann_threshold)
+        with _storage("opening the cache directory"):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.directory / DATABASE, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 60000")
+            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            if self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'settings'").fetchone()[0] == 0:
+                self._db.executescript(_SCHEMA)
+        self._check_secret()
+        with _storage("opening the cache directory"):
+            self._repair()
+            self._load()
+
+    # -- the PersistentStore interface --------------------------------------------------------
 
     @property
-    def skipped(self) -> dict[str, str]:
-        """Entry id -> why it was skipped, for every entry dropped since this store was opened."""
+    def quarantined(self) -> dict[str, str]:
         with self._lock:
-            return dict(self._skipped)
+            return dict(self._quarantined)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._records)
+        with self._lock, _storage("counting entries"):
+            return self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
 
     def __contains__(self, entry_id: object) -> bool:
-        with self._lock:
-            return entry_id in self._records
+        with self._lock, _storage("looking up an entry"):
+            return self._db.execute("SELECT 1 FROM entries WHERE entry_id = ?", (entry_id,)).fetchone() is not None
 
-    def index(self) -> list[IndexRecord]:
-        """The records of all stored entries (no tensor is read)."""
-        with self._lock:
-            return list(self._records.values())
-
-    def write(self, entry: CacheEntry) -> None:
-        """Persist ``entry`` (replacing a stored entry of the same id); durable on return."""
+    def put(self, entry: CacheEntry) -> None:
+        """Store ``entry``; durable and visible to every process on return."""
         if not isinstance(entry, CacheEntry):
             raise InvalidArgumentError("entry", f"expected a CacheEntry, got {type(entry).__name__}")
-        tensors = _cpu_tensors(entry)
-        digest = _digest(tensors)
-        grid = entry.grid
-        meta = {
-            "entry_id": entry.entry_id,
-            "namespace": entry.namespace,
-            "prompt": entry.prompt,
-            "created": entry.created,
-            "nbytes": entry.nbytes,
-            "key": entry.key.to_json(),
-            "grid": {
-                "shift": grid.shift,
-                "mu": grid.mu,
-                "time_shift": grid.time_shift,
-                "num_train_timesteps": grid.num_train_timesteps,
-            },
-        }
-        data = save(tensors, metadata={"format": FORMAT, "entry": json.dumps(meta), "sha256": digest})
-        with self._lock:
-            self._atomic_write(self._path(entry.entry_id), data)
-            self._records[entry.entry_id] = IndexRecord.from_entry(entry)
-            self._digests[entry.entry_id] = digest
-            self._write_index()
-
-    def read(self, entry_id: str) -> CacheEntry:
-        """The stored entry, fully validated, its tensors on the CPU.
-
-        Raises:
-            CacheMissError: no such entry, or its file was corrupt (then it is skipped with a
-                :class:`CacheCorruptionWarning` and deleted).
-        """
-        with self._lock:
-            if entry_id not in self._records:
-                raise CacheMissError(entry_id)
+        encoded = codec.encode(entry, self._secret)
+        name = f"{entry.entry_id}.{uuid.uuid4().hex[:12]}.safetensors"
+        key = key_text(entry.key)
+        embedding = entry.embedding.cpu().numpy()
+        with self._lock, _storage("writing an entry"):
+            tmp = self._write_temp(encoded.data)
             try:
-                return self._load(entry_id)
-            except _CORRUPT as error:
-                self._skip(entry_id, f"{type(error).__name__}: {error}", delete=True)
-                self._write_index()
-                raise CacheMissError(f"{entry_id}: the stored copy is corrupt") from error
+                with self._transaction():
+                    old = self._db.execute("SELECT namespace, file FROM entries WHERE entry_id = ?", (entry.entry_id,)).fetchone()
+                    if old is not None and old[0] != entry.namespace:
+                        raise InvalidArgumentError("entry", f"entry_id {entry.entry_id} is taken in another namespace")
+                    os.replace(tmp, self.directory / name)
+                    now = time.time()
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                        (entry.entry_id, entry.namespace, entry.prompt, key, embedding.tobytes(), json.dumps(list(entry.cached_steps)),
+                         entry.nbytes, entry.created, entry.cached_steps[-1] / entry.key.steps, encoded.mac, name, now),
+                    )
+                    self._db.execute("INSERT INTO log (entry_id, op) VALUES (?, 'put')", (entry.entry_id,))
+            except BaseException:
+                for path in (tmp, self.directory / name):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                raise
+            if old is not None and old[1] != name:
+                self._unlink(old[1])
+            self._sync_directory()
+            self._index.add((key, entry.namespace), entry.entry_id, embedding, entry.created)
 
-    def delete(self, entry_id: str) -> None:
-        """Remove the entry's file and index record (CacheMissError if absent)."""
+    def get(self, entry_id: str, namespace: str) -> CacheEntry:
+        """The entry, verified, its tensors on the CPU; counts a hit."""
+        check_namespace("namespace", namespace)
         with self._lock:
-            if entry_id not in self._records:
-                raise CacheMissError(entry_id)
-            # File first: a crash in between leaves a record of a missing file (skipped on open),
-            # not an unindexed file that the next open would adopt again.
-            self._path(entry_id).unlink(missing_ok=True)
-            del self._records[entry_id]
-            self._digests.pop(entry_id, None)
-            self._write_index()
+            for _ in range(3):  # a concurrent replacement may move the file under us
+                row = self._row(entry_id, "namespace, file, " + _ROW)
+                if row is None or row[0] != namespace:
+                    raise CacheMissError(f"no entry {entry_id!r} in namespace {namespace!r}")
+                try:
+                    data = (self.directory / row[1]).read_bytes()
+                except FileNotFoundError:
+                    if self._row(entry_id, "file") == (row[1],):
+                        self._quarantine(entry_id, row[1], "its file is missing")
+                        raise CacheMissError(f"{entry_id}: its file is missing") from None
+                    continue
+                except OSError as error:
+                    raise _storage_error("reading an entry", error) from None
+                try:
+                    entry = codec.decode(data, self._secret, entry_id=entry_id)
+                    _agree(entry, row[2:])
+                except codec.IntegrityError as error:
+                    self._quarantine(entry_id, row[1], str(error))
+                    raise CacheMissError(f"{entry_id}: the stored copy failed verification ({error})") from None
+                self._touch(entry_id)
+                return entry
+            raise CacheMissError(f"{entry_id}: replaced repeatedly while being read")
 
-    def _path(self, entry_id: str) -> Path:
-        return self.directory / f"{entry_id}{SUFFIX}"
+    def delete(self, entry_id: str, namespace: str) -> None:
+        """Remove the entry (CacheMissError if none in ``namespace``)."""
+        check_namespace("namespace", namespace)
+        with self._lock, _storage("deleting an entry"):
+            with self._transaction():
+                row = self._db.execute("SELECT namespace, file FROM entries WHERE entry_id = ?", (entry_id,)).fetchone()
+                if row is None or row[0] != namespace:
+                    raise CacheMissError(f"no entry {entry_id!r} in namespace {namespace!r}")
+                self._forget([entry_id])
+            self._drop([entry_id])
+            self._unlink(row[1])
 
-    def _open(self) -> None:
-        for tmp in self.directory.glob(f"{TMP_PREFIX}*"):
-            tmp.unlink(missing_ok=True)
-        indexed = self._read_index()
-        index_ok = indexed is not None
-        indexed = indexed or {}
-        files = {p.name.removesuffix(SUFFIX) for p in self.directory.glob(f"*{SUFFIX}")}
-        for entry_id in sorted(set(indexed) - files):
-            self._skip(entry_id, "its file is missing", delete=False)
-        for entry_id in sorted(files):
-            try:
-                if not ENTRY_ID.fullmatch(entry_id):
-                    raise ValueError("the file name is not an entry id")
-                record, digest = self._header(entry_id, indexed.get(entry_id))
-            except _CORRUPT as error:
-                # Delete only what is known to be ours: an indexed file, not a stranger's.
-                self._skip(entry_id, f"{type(error).__name__}: {error}", delete=entry_id in indexed)
-                continue
-            self._records[entry_id], self._digests[entry_id] = record, digest
-        if not index_ok or self._digests != {entry_id: digest for entry_id, (_, digest) in indexed.items()}:
-            self._write_index()
+    def clear(self, namespace: str | None = None) -> int:
+        """Remove every entry of ``namespace`` (all with None); returns how many."""
+        if namespace is not None:
+            check_namespace("namespace", namespace)
+        with self._lock, _storage("clearing entries"):
+            with self._transaction():
+                where, args = ("", ()) if namespace is None else (" WHERE namespace = ?", (namespace,))
+                rows = self._db.execute("SELECT entry_id, file FROM entries" + where, args).fetchall()
+                self._forget([r[0] for r in rows])
+            self._drop([r[0] for r in rows])
+            for _, name in rows:
+                self._unlink(name)
+            return len(rows)
 
-    def _read_index(self) -> dict[str, tuple[IndexRecord, str]] | None:
-        """entry_id -> (record, file digest) from index.json ({} if absent; None if unreadable)."""
-        path = self.directory / INDEX
-        if not path.exists():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-            return {entry_id: _record_from_json(entry_id, item) for entry_id, item in data["entries"].items()}
-        except _CORRUPT as error:
-            warnings.warn(
-                f"{path}: unreadable index ({type(error).__name__}: {error}); rebuilt from the entry files",
-                CacheCorruptionWarning,
-                stacklevel=4,
-            )
+    def evict(self, max_bytes: int, policy: EvictionPolicy = "lru") -> int:
+        """Remove entries, victims first by ``policy``, until the rest hold at most ``max_bytes``."""
+        if policy not in ("lru", "benefit"):
+            raise UnknownNameError("policy", policy, ["lru", "benefit"])
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgumentError("max_bytes", f"expected an integer >= 0, got {max_bytes!r}")
+        order = "last_used" if policy == "lru" else "hits * benefit, last_used"
+        with self._lock, _storage("evicting entries"):
+            with self._transaction():
+                rows = self._db.execute(f"SELECT entry_id, file, nbytes FROM entries ORDER BY {order}").fetchall()
+                excess = sum(r[2] for r in rows) - max_bytes
+                victims = []
+                for entry_id, name, nbytes in rows:
+                    if excess <= 0:
+                        break
+                    victims.append((entry_id, name))
+                    excess -= nbytes
+                self._forget([v[0] for v in victims])
+            self._drop([v[0] for v in victims])
+            for _, name in victims:
+                self._unlink(name)
+            return len(victims)
+
+    def nearest(self, embedding: torch.Tensor, key: CacheKey, namespaces: Iterable[str]) -> Match | None:
+        """The most similar entry under ``key`` in ``namespaces`` (exact similarity), or None."""
+        query = unit_embedding("embedding", embedding).cpu().numpy()
+        groups = [(key_text(key), check_namespace("namespaces", n)) for n in namespaces]
+        with self._lock:
+            for _ in range(3):
+                self._sync()
+                found = self._index.nearest(query, groups)
+                if found is None:
+                    return None
+                row = self._row(found[0], "namespace, prompt, steps")
+                if row is not None:  # else removed since our last sync: sync again
+                    return Match(found[0], row[0], row[1], found[1], tuple(json.loads(row[2])))
             return None
 
-    def _header(self, entry_id: str, indexed: tuple[IndexRecord, str] | None) -> tuple[IndexRecord, str]:
-        """The entry's record and digest, from the index if the file's header agrees with it."""
-        with safe_open(self._path(entry_id), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != FORMAT:
-                raise ValueError(f"format {metadata.get('format')!r} is not {FORMAT!r}")
-            digest = metadata["sha256"]
-            if indexed is not None and indexed[1] == digest:
-                return indexed
-            meta = json.loads(metadata["entry"])
-            names = f.keys()
-            steps = [int(name.removeprefix("state.")) for name in names if name.startswith("state.")]
-            embedding = f.get_tensor("embedding")
-        if meta["entry_id"] != entry_id:
-            raise ValueError(f"the file holds entry {meta['entry_id']!r}")
-        key = CacheKey.from_json(meta["key"])
-        record = IndexRecord(
-            entry_id, meta["namespace"], meta["prompt"], key, embedding, steps, meta["nbytes"], meta["created"]
-        )
-        return record, digest
+    def records(self, namespace: str | None = None) -> list[IndexRecord]:
+        """Every entry's record (of ``namespace``, or all), oldest first; no tensor is read."""
+        where, args = ("", ()) if namespace is None else (" WHERE namespace = ?", (namespace,))
+        with self._lock, _storage("listing entries"):
+            rows = self._db.execute(f"SELECT {_ROW} FROM entries{where} ORDER BY created", args).fetchall()
+        return [_record(row) for row in rows]
 
-    def _load(self, entry_id: str) -> CacheEntry:
-        with safe_open(self._path(entry_id), framework="pt") as f:
-            metadata = f.metadata() or {}
-            names = f.keys()
-            tensors = {name: f.get_tensor(name) for name in names}
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"format {metadata.get('format')!r} is not {FORMAT!r}")
-        if _digest(tensors) != metadata["sha256"]:
-            raise ValueError("the tensors do not match their sha256 digest")
-        meta = json.loads(metadata["entry"])
-        if meta["entry_id"] != entry_id:
-            raise ValueError(f"the file holds entry {meta['entry_id']!r}")
-        states = {int(name.removeprefix("state.")): x for name, x in tensors.items() if name.startswith("state.")}
-        velocities = {int(name.removeprefix("velocity.")): v for name, v in tensors.items() if name.startswith("velocity.")}
-        return CacheEntry(
-            CacheKey.from_json(meta["key"]),
-            meta["prompt"],
-            tensors["embedding"],
-            states,
-            SigmaGrid(tensors["grid"], **meta["grid"]),
-            tensors["noise"],
-            tensors.get("generator_state"),
-            velocities,
-            meta["namespace"],
-            entry_id,
-            meta["created"],
-        )
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
-    def _skip(self, entry_id: str, reason: str, *, delete: bool) -> None:
-        """Report and forget a damaged entry; ``delete``: delete its file too."""
-        warnings.warn(f"cache entry {entry_id} skipped: {reason}", CacheCorruptionWarning, stacklevel=4)
-        self._skipped[entry_id] = reason
-        self._records.pop(entry_id, None)
-        self._digests.pop(entry_id, None)
-        if delete:
-            with contextlib.suppress(OSError):
-                self._path(entry_id).unlink(missing_ok=True)
+    # -- internals -----------------------------------------------------------------------------
 
-    def _write_index(self) -> None:
-        entries = {
-            entry_id: _record_to_json(record, self._digests[entry_id]) for entry_id, record in self._records.items()
-        }
-        self._atomic_write(self.directory / INDEX, json.dumps({"format": FORMAT, "entries": entries}).encode())
-
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` so that a crash leaves the old file or the new one."""
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.directory)
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE (SQLite's write lock, across processes) ... COMMIT, or ROLLBACK."""
+        self._db.execute("BEGIN IMMEDIATE")
         try:
-            with os.fdopen(fd, "wb") as f:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _row(self, entry_id: str, columns: str) -> tuple | None:
+        with _storage("reading the index"):
+            return self._db.execute(f"SELECT {columns} FROM entries WHERE entry_id = ?", (entry_id,)).fetchone()
+
+    def _forget(self, entry_ids: list[str]) -> None:
+        """Delete rows and log it (inside a transaction; :meth:`_drop` them after the commit)."""
+        self._db.executemany("DELETE FROM entries WHERE entry_id = ?", [(i,) for i in entry_ids])
+        self._db.executemany("INSERT INTO log (entry_id, op) VALUES (?, 'delete')", [(i,) for i in entry_ids])
+
+    def _drop(self, entry_ids: list[str]) -> None:
+        """Remove committed deletions from the search index."""
+        for entry_id in entry_ids:
+            self._index.remove(entry_id)
+
+    def _touch(self, entry_id: str) -> None:
+        """Count a hit; best effort (a full disk or a busy index must not fail a read)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("UPDATE entries SET hits = hits + 1, last_used = ? WHERE entry_id = ?", (time.time(), entry_id))
+
+    def _quarantine(self, entry_id: str, name: str, reason: str) -> None:
+        """Move a failed entry's file aside with a note, drop its row, warn, remember why."""
+        folder = self.directory / QUARANTINE
+        with _storage("quarantining an entry"):
+            if (self.directory / name).exists():
+                folder.mkdir(exist_ok=True)
+                os.replace(self.directory / name, folder / name)
+                (folder / f"{name}.why").write_text(reason + "\n")
+            with self._transaction():
+                ours = self._db.execute("SELECT file FROM entries WHERE entry_id = ?", (entry_id,)).fetchone() == (name,)
+                if ours:
+                    self._forget([entry_id])
+            if ours:
+                self._drop([entry_id])
+        self._quarantined[entry_id] = reason
+        warnings.warn(f"cache entry {entry_id} quarantined in {folder}: {reason}", CacheCorruptionWarning, stacklevel=4)
+
+    def _sync(self) -> None:
+        """Apply other processes' commits to the search index (nothing to do when
+        ``data_version`` is unchanged)."""
+        with _storage("reading the index"):
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._version:
+                return
+            self._version = version  # a commit after this read is seen now and again next time
+            self._db.execute("BEGIN")
+            try:
+                changes = self._db.execute("SELECT seq, entry_id, op FROM log WHERE seq > ? ORDER BY seq", (self._seq,)).fetchall()
+                last = {entry_id: op for _, entry_id, op in changes}
+                puts = [i for i, op in last.items() if op == "put"]
+                rows = []
+                for start in range(0, len(puts), 500):
+                    chunk = puts[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows += self._db.execute(f"SELECT entry_id, namespace, key, embedding, created FROM entries WHERE entry_id IN ({marks})", chunk).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        if changes:
+            self._seq = changes[-1][0]
+        for entry_id, op in last.items():
+            if op != "put":
+                self._index.remove(entry_id)
+        for entry_id, namespace, key, embedding, created in rows:
+            self._index.add((key, namespace), entry_id, np.frombuffer(embedding, np.float32), created)
+
+    def _load(self) -> None:
+        """Fill the search index from the rows (one read transaction: rows and log agree)."""
+        self._db.execute("BEGIN")
+        try:
+            self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+            for entry_id, namespace, key, embedding, created in self._db.execute("SELECT entry_id, namespace, key, embedding, created FROM entries"):
+                self._index.add((key, namespace), entry_id, np.frombuffer(embedding, np.float32), created)
+        finally:
+            self._db.execute("COMMIT")
+
+    def _check_secret(self) -> None:
+        check = codec.secret_check(self._secret)
+        with _storage("opening the cache directory"):
+            stored = self._db.execute("SELECT value FROM settings WHERE name = 'secret'").fetchone()
+            entries = self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        if stored is not None and stored[0] != check:
+            raise InvalidArgumentError("secret", "does not match the secret this cache was written with" if check else "this cache was written with a secret: open it with the same secret")
+        if stored is None and check is not None:
+            if entries:
+                raise InvalidArgumentError("secret", "this cache was written without a secret: clear it before using one")
+            with _storage("opening the cache directory"), self._transaction():
+                self._db.execute("INSERT OR REPLACE INTO settings VALUES ('secret', ?)", (check,))
+
+    def _repair(self) -> None:
+        """Holding the write lock: remove dead processes' temporary files and files no row
+        points at (a crash between a write and its commit), convert a previous release's
+        directory, and report files that are not entries."""
+        with self._transaction():
+            referenced = {row[0] for row in self._db.execute("SELECT file FROM entries")}
+            legacy = []
+            for path in self.directory.iterdir():
+                name = path.name
+                if name.startswith(TMP_PREFIX):
+                    if not _alive(name):
+                        path.unlink(missing_ok=True)
+                elif FILE.fullmatch(name):
+                    if name not in referenced:
+                        path.unlink(missing_ok=True)
+                elif LEGACY_FILE.fullmatch(name):
+                    legacy.append(path)
+                elif name.endswith(".safetensors") and name not in self._foreign:
+                    self._foreign.add(name)
+                    warnings.warn(f"{path}: not a cache entry; left alone", CacheCorruptionWarning, stacklevel=3)
+            if legacy or (self.directory / LEGACY_INDEX).exists():
+                self._convert(legacy)
+
+    def _convert(self, paths: list[Path]) -> None:
+        """Rewrite a previous release's entries in the current format (inside the repair's
+        transaction); files that fail verification are quarantined, others' files left alone."""
+        converted = []
+        for path in paths:
+            data = path.read_bytes()
+            entry_id = path.name.removesuffix(".safetensors")
+            try:
+                entry = codec.decode_legacy(data, entry_id=entry_id)
+            except codec.IntegrityError as error:
+                if b"flowctl.cache/1" in data[:4096]:
+                    folder = self.directory / QUARANTINE
+                    folder.mkdir(exist_ok=True)
+                    os.replace(path, folder / path.name)
+                    (folder / f"{path.name}.why").write_text(f"{error}\n")
+                    self._quarantined[entry_id] = str(error)
+                    warnings.warn(f"cache entry {entry_id} quarantined on conversion: {error}", CacheCorruptionWarning, stacklevel=4)
+                else:
+                    warnings.warn(f"{path}: not a cache entry; left alone", CacheCorruptionWarning, stacklevel=4)
+                continue
+            encoded = codec.encode(entry, self._secret)
+            name = f"{entry_id}.{uuid.uuid4().hex[:12]}.safetensors"
+            tmp = self._write_temp(encoded.data)
+            os.replace(tmp, self.directory / name)
+            self._db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (entry_id, entry.namespace, entry.prompt, key_text(entry.key), entry.embedding.numpy().tobytes(),
+                 json.dumps(list(entry.cached_steps)), entry.nbytes, entry.created, entry.cached_steps[-1] / entry.key.steps,
+                 encoded.mac, name, entry.created),
+            )
+            self._db.execute("INSERT INTO log (entry_id, op) VALUES (?, 'put')", (entry_id,))
+            converted.append(path)
+        self._sync_directory()
+        # Old files go only after the new ones are in place; the commit follows the repair.
+        (self.directory / LEGACY_INDEX).unlink(missing_ok=True)
+        for path in converted:
+            path.unlink(missing_ok=True)
+
+    def _write_temp(self, data: bytes) -> Path:
+        """``data`` in a new fsynced temporary file of this process."""
+        tmp = self.directory / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                tmp.unlink(missing_ok=True)
             raise
-        # Make the rename itself durable.
-        dir_fd = os.open(self.directory, os.O_RDONLY)
+        return tmp
+
+    def _unlink(self, name: str) -> None:
+        """Delete a file whose row is gone (a failure leaves an orphan the next open removes)."""
+        with contextlib.suppress(OSError):
+            (self.directory / name).unlink(missing_ok=True)
+
+    def _sync_directory(self) -> None:
+        """Make renames in the directory durable."""
+        fd = os.open(self.directory, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
+            os.fsync(fd)
         finally:
-            os.close(dir_fd)
+            os.close(fd)
 
 
-def _cpu_tensors(entry: CacheEntry) -> dict[str, torch.Tensor]:
-    """The entry's tensors by file name, on the CPU, contiguous and sharing no memory."""
-    named = {f"state.{k}": x for k, x in entry.states.items()}
-    named.update({f"velocity.{k}": v for k, v in entry.velocities.items()})
-    named.update(noise=entry.noise, embedding=entry.embedding, grid=entry.grid.values)
-    if entry.generator_state is not None:
-        named["generator_state"] = entry.generator_state
-    tensors, seen = {}, set()
-    for name, x in named.items():
-        x = x.detach().cpu().contiguous()
-        # safetensors refuses tensors that share memory (state.0 may be the noise itself).
-        ptr = x.untyped_storage().data_ptr()
-        tensors[name] = x.clone() if ptr in seen else x
-        seen.add(ptr)
-    return tensors
+def _record(row: tuple) -> IndexRecord:
+    entry_id, namespace, prompt, key, embedding, steps, nbytes, created = row
+    vector = torch.from_numpy(np.frombuffer(embedding, np.float32).copy())
+    return IndexRecord(entry_id, namespace, prompt, CacheKey.from_json(json.loads(key)), vector, json.loads(steps), nbytes, created)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        x = tensors[name].contiguous()
-        h.update(f"{name}:{x.dtype}:{tuple(x.shape)};".encode())
-        h.update(x.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+def _agree(entry: CacheEntry, row: tuple) -> None:
+    """Raise IntegrityError unless the index row describes ``entry`` (an edited index must not
+    serve an entry under another namespace, prompt or embedding)."""
+    entry_id, namespace, prompt, key, embedding, steps, nbytes, created = row
+    expected = (entry.entry_id, entry.namespace, entry.prompt, key_text(entry.key), entry.embedding.numpy().tobytes(),
+                json.dumps(list(entry.cached_steps)), entry.nbytes, entry.created)
+    fields = ("entry_id", "namespace", "prompt", "key", "embedding", "steps", "nbytes", "created")
+    differ = [f for f, a, b in zip(fields, row, expected) if a != b]
+    if differ:
+        raise codec.IntegrityError(f"the index row disagrees with the verified file on {', '.join(differ)}")
 
 
-def _record_to_json(record: IndexRecord, digest: str) -> dict[str, Any]:
-    return {
-        "namespace": record.namespace,
-        "prompt": record.prompt,
-        "key": record.key.to_json(),
-        "embedding": record.embedding.tolist(),
-        "steps": list(record.steps),
-        "nbytes": record.nbytes,
-        "created": record.created,
-        "file": f"{record.entry_id}{SUFFIX}",
-        "sha256": digest,
-    }
+def _secret(secret: bytes | str | None) -> bytes | None:
+    if secret is None:
+        secret = os.environ.get("FLOWCTL_CACHE_SECRET") or None
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes) or not secret:
+        raise InvalidArgumentError("secret", "expected non-empty bytes or text")
+    return secret
 
 
-def _record_from_json(entry_id: str, item: dict[str, Any]) -> tuple[IndexRecord, str]:
-    if item["file"] != f"{entry_id}{SUFFIX}":
-        raise ValueError(f"entry {entry_id} names the file {item['file']!r}")
-    embedding = torch.tensor(item["embedding"], dtype=torch.float32)
-    key = CacheKey.from_json(item["key"])
-    record = IndexRecord(
-        entry_id, item["namespace"], item["prompt"], key, embedding, item["steps"], item["nbytes"], item["created"]
-    )
-    return record, str(item["sha256"])
+def _available(ann: AnnMode) -> AnnMode:
+    """``ann``, with "auto" falling back to exact search where usearch is not installed."""
+    if ann == "auto":
+        try:
+            import usearch.index  # noqa: F401
+        except ImportError:
+            return "never"
+    return ann
+
+
+def _alive(tmp_name: str) -> bool:
+    """Whether the process that owns a temporary file still runs (unknown owner: assume yes)."""
+    try:
+        pid = int(tmp_name.removeprefix(TMP_PREFIX).split("-")[0])
+        os.kill(pid, 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _storage_error(doing: str, error: BaseException) -> CacheStorageError:
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = full or (isinstance(error, sqlite3.OperationalError) and "full" in str(error))
+    cls = CacheFullError if full else CacheStorageError
+    return cls(f"{doing}: {type(error).__name__}: {error}")
+
+
+@contextlib.contextmanager
+def _storage(doing: str) -> Iterator[None]:
+    """Turn OS and SQLite errors into CacheStorageError (CacheFullError when out of space)."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as error:
+        raise _storage_error(doing, error) from None

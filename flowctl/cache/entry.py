@@ -9,6 +9,7 @@ entry's :class:`~flowctl.sampling.SigmaGrid`). Entries resume only under an equa
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import time
@@ -291,6 +292,11 @@ class CacheEntry:
             grid=dataclasses.replace(self.grid, values=self.grid.values.to(device, copy=copy)),
             noise=self.noise.to(device, copy=copy),
         )
+
+
+def key_text(key: CacheKey) -> str:
+    """The canonical JSON of ``key``: equal keys, equal text (the stores filter on it)."""
+    return json.dumps(key.to_json(), sort_keys=True, separators=(",", ":"))
 
 
 def unit_embedding(name: str, embedding: object) -> torch.Tensor:

@@ -3,20 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
-
-from ..errors import InvalidArgumentError
-from .disk import DiskStore
 from .entry import CacheEntry, IndexRecord
-
-
-def open_existing(directory: str | Path, option: str = "--dir") -> DiskStore:
-    """The store in ``directory``, which must exist (a typo must not create an empty cache);
-    ``option`` names the directory's command-line option in the error."""
-    path = Path(directory)
-    if not path.is_dir():
-        raise InvalidArgumentError(option, f"no cache directory at {str(path)!r}")
-    return DiskStore(path)
 
 
 def summary(record: IndexRecord) -> dict:

@@ -1,18 +1,20 @@
-"""The in-memory tiers of the trajectory cache, over an optional persistent :class:`DiskStore`.
+"""The in-memory tiers of the trajectory cache, over an optional persistent store.
 
 An entry lives in the device tier (tensors on the model's device), the host tier (CPU memory)
-or only on disk. Each memory tier has a budget in bytes (of :attr:`CacheEntry.nbytes`) that
-holds after every operation; a budget of 0 disables the tier. :meth:`CacheStore.put` inserts
-into the device tier and :meth:`CacheStore.get` promotes into it; an entry larger than a tier's
-budget skips that tier. A tier over budget moves a victim down: device -> host (demotion),
-host -> dropped (eviction; with a DiskStore the entry stays on disk). Victims, never the entry
-being put or got:
+or only in the persistent store (a :class:`~flowctl.cache.DiskStore` directory or a
+:class:`~flowctl.cache.PostgresStore`). Each memory tier has a budget in bytes (of
+:attr:`CacheEntry.nbytes`) that holds after every operation; a budget of 0 disables the tier.
+:meth:`CacheStore.put` inserts into the device tier and :meth:`CacheStore.get` promotes into
+it; an entry larger than a tier's budget skips that tier. A tier over budget moves a victim
+down: device -> host (demotion), host -> dropped (eviction; with a persistent store the entry
+stays there). Victims, never the entry being put or got:
 
 - "lru": the least recently used entry;
 - "benefit" (NIRVANA): the least ``hits x (largest cached step / key.steps)``, ties by LRU.
 
-Look-ups never cross namespaces (tenants) unless the caller names the namespaces to search:
-a shared cache leaks prompts across tenants.
+With a persistent store, look-ups ask it, so they see what other processes committed; without,
+the store searches its own entries. Look-ups never cross namespaces (tenants) unless the caller
+names the namespaces to search: a shared cache leaks prompts across tenants.
 """
 
 from __future__ import annotations
@@ -21,41 +23,15 @@ import itertools
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 
 from .._checks import check_int
-from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
-from .disk import DiskStore
-from .entry import (
-    CacheEntry,
-    CacheKey,
-    CacheMissError,
-    IndexRecord,
-    check_namespace,
-    unit_embedding,
-)
-
-EvictionPolicy = Literal["lru", "benefit"]
-"""How a tier over budget picks its victim (see the module docstring)."""
-
-
-@dataclass(frozen=True)
-class Match:
-    """The cached entry most similar to a query.
-
-    Attributes:
-        entry_id, namespace, prompt: the entry's.
-        similarity: cosine similarity of the query and the entry's embedding, in [-1, 1].
-        steps: the grid steps the entry holds latents for, ascending.
-    """
-
-    entry_id: str
-    namespace: str
-    prompt: str
-    similarity: float
-    steps: tuple[int, ...]
+from ..errors import InvalidArgumentError, UnknownNameError
+from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_namespace, key_text, unit_embedding
+from .persistent import EvictionPolicy, Match, PersistentStore
+from .search import AnnMode, EmbeddingIndex
 
 
 @dataclass(frozen=True)
@@ -74,18 +50,18 @@ class CacheStats:
 
 @dataclass(eq=False)
 class _Slot:
-    """Where one entry is: ``tier`` "device" or "host" with ``entry`` in memory, or "disk"."""
+    """An entry held in memory: ``tier`` "device" or "host"."""
 
     record: IndexRecord
-    seq: int
-    tier: str = "disk"
-    entry: CacheEntry | None = None
+    tier: str
+    entry: CacheEntry
     hits: int = 0
     last_used: int = 0
 
 
 class CacheStore:
-    """Cache entries in a device tier, a host tier and, optionally, a DiskStore; thread-safe.
+    """Cache entries in a device tier, a host tier and, optionally, a persistent store;
+    thread-safe.
 
     Args:
         device: the model's device, where the device tier keeps tensors and :meth:`get`
@@ -93,8 +69,11 @@ class CacheStore:
         device_bytes: budget of the device tier, bytes (0: no device tier).
         host_bytes: budget of the host (CPU) tier, bytes (0: no host tier).
         eviction: "lru" or "benefit".
-        disk: a persistent store; written through on :meth:`put`, and its entries are
-            loaded into the index on construction.
+        persistent: a :class:`~flowctl.cache.persistent.PersistentStore` (a DiskStore or a
+            PostgresStore): written through on :meth:`put`, asked by :meth:`nearest`, read on a
+            memory miss.
+        ann: approximate look-up over the memory tiers when there is no persistent store (see
+            :class:`~flowctl.cache.search.EmbeddingIndex`; the persistent stores have their own).
     """
 
     def __init__(
@@ -104,7 +83,8 @@ class CacheStore:
         device_bytes: int = 1 << 30,
         host_bytes: int = 4 << 30,
         eviction: EvictionPolicy = "lru",
-        disk: DiskStore | None = None,
+        persistent: PersistentStore | None = None,
+        ann: AnnMode = "never",
     ):
         try:
             self.device = torch.device(device)
@@ -116,18 +96,16 @@ class CacheStore:
         }
         if eviction not in get_args(EvictionPolicy):
             raise UnknownNameError("eviction", eviction, list(get_args(EvictionPolicy)))
-        if disk is not None and not isinstance(disk, DiskStore):
-            raise InvalidArgumentError("disk", f"expected a DiskStore or None, got {type(disk).__name__}")
+        if persistent is not None and not isinstance(persistent, PersistentStore):
+            raise InvalidArgumentError("persistent", f"expected a DiskStore, a PostgresStore or None, got {type(persistent).__name__}")
         self.eviction = eviction
-        self.disk = disk
+        self.persistent = persistent
+        self._index = EmbeddingIndex(ann=ann)  # of the memory tiers, used without a persistent store
         self._lock = threading.RLock()
         self._used = {"device": 0, "host": 0}
         self._clock = itertools.count()
         self._slots: dict[str, _Slot] = {}
         self._hits = self._evictions = self._demotions = 0
-        if disk is not None:
-            for record in sorted(disk.index(), key=lambda r: r.created):
-                self._slots[record.entry_id] = _Slot(record, next(self._clock))
 
     @property
     def device_bytes(self) -> int:
@@ -139,22 +117,23 @@ class CacheStore:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._slots)
+            return len(self._slots) if self.persistent is None else len(self.persistent)
 
     def __contains__(self, entry_id: object) -> bool:
-        """Whether an entry of this id is stored, in any namespace (ids are random uuids)."""
+        """Whether an entry of this id is stored, in any namespace (ids are unique per store)."""
         with self._lock:
-            return entry_id in self._slots
+            return entry_id in self._slots or (self.persistent is not None and entry_id in self.persistent)
 
     def put(self, entry: CacheEntry) -> str:
         """Store ``entry`` (replacing one of the same id) and return its id.
 
-        With a DiskStore the entry is written there first: a failed write leaves the store as
-        it was.
+        With a persistent store the entry is written there first: a failed write leaves the
+        store as it was.
 
         Raises:
             InvalidArgumentError: the id belongs to another namespace, or no tier can hold the
-                entry and no DiskStore is attached.
+                entry and no persistent store is attached.
+            CacheStorageError: the persistent store failed (CacheFullError: out of space).
         """
         if not isinstance(entry, CacheEntry):
             raise InvalidArgumentError("entry", f"expected a CacheEntry, got {type(entry).__name__}")
@@ -163,20 +142,17 @@ class CacheStore:
             old = self._slots.get(entry.entry_id)
             if old is not None and old.record.namespace != entry.namespace:
                 raise InvalidArgumentError("entry", f"entry_id {entry.entry_id} is taken in another namespace")
-            if self.disk is None and record.nbytes > max(self._budget.values()):
+            if self.persistent is None and record.nbytes > max(self._budget.values()):
                 raise InvalidArgumentError(
                     "entry",
                     f"its {record.nbytes} bytes fit neither the device tier ({self.device_bytes} bytes) nor the "
-                    f"host tier ({self.host_bytes} bytes), and no DiskStore is attached",
+                    f"host tier ({self.host_bytes} bytes), and no persistent store is attached",
                 )
-            if self.disk is not None:
-                self.disk.write(entry)
+            if self.persistent is not None:
+                self.persistent.put(entry)
             if old is not None:
                 self._unplace(old)
-            slot = _Slot(record, next(self._clock))
-            slot.last_used = slot.seq
-            self._slots[entry.entry_id] = slot
-            self._admit(slot, entry)
+            self._admit(record, entry, hits=0)
         return entry.entry_id
 
     def get(self, entry_id: str, *, namespace: str = "default") -> CacheEntry:
@@ -184,26 +160,30 @@ class CacheStore:
         counts a hit.
 
         Raises:
-            CacheMissError: no entry of this id in ``namespace`` (or its disk copy was corrupt).
+            CacheMissError: no entry of this id in ``namespace`` (or its stored copy failed
+                verification and was quarantined).
+            CacheStorageError: the persistent store could not be read.
         """
+        check_namespace("namespace", namespace)
         with self._lock:
-            slot = self._slot(entry_id, namespace)
-            if slot.tier == "disk":
-                try:
-                    entry = self.disk.read(entry_id)
-                except CacheMissError:
-                    del self._slots[entry_id]
-                    raise
-            else:
-                entry = slot.entry
-            slot.hits += 1
-            slot.last_used = next(self._clock)
+            slot = self._slots.get(entry_id)
+            if slot is not None and slot.record.namespace != namespace:
+                slot = None
+            if slot is None and self.persistent is None:
+                raise CacheMissError(f"no entry {entry_id!r} in namespace {namespace!r}")
             self._hits += 1
-            if slot.tier != "device":
-                self._unplace(slot)
-                self._admit(slot, entry)
+            if slot is None:
+                entry = self.persistent.get(entry_id, namespace)
+                slot = self._admit(IndexRecord.from_entry(entry), entry, hits=1)
+            else:
+                slot.hits += 1
+                slot.last_used = next(self._clock)
+                if slot.tier != "device":
+                    entry = slot.entry
+                    self._unplace(slot)
+                    slot = self._admit(slot.record, entry, hits=slot.hits)
             # a copy: a caller writing into the returned tensors must not change the cache
-            return (slot.entry if slot.tier == "device" else entry).to(self.device, copy=True)
+            return (slot.entry if slot is not None else entry).to(self.device, copy=True)
 
     def nearest(
         self,
@@ -222,71 +202,74 @@ class CacheStore:
             raise InvalidArgumentError("key", f"expected a CacheKey, got {type(key).__name__}")
         query = unit_embedding("embedding", embedding).cpu()
         if namespaces is None:
-            allowed = {check_namespace("namespace", namespace)}
+            allowed = [check_namespace("namespace", namespace)]
         elif isinstance(namespaces, str) or not isinstance(namespaces, Iterable):
             raise InvalidArgumentError("namespaces", f"expected an iterable of namespaces, got {namespaces!r}")
         else:
-            allowed = {check_namespace("namespaces", n) for n in namespaces}
+            allowed = sorted({check_namespace("namespaces", n) for n in namespaces})
+        if self.persistent is not None:
+            return self.persistent.nearest(query, key, allowed)
         with self._lock:
-            slots = [s for s in self._slots.values() if s.record.key == key and s.record.namespace in allowed]
-        if not slots:
-            return None
-        dims = {s.record.embedding.numel() for s in slots}
-        if dims != {query.numel()}:
-            raise ShapeError("embedding", f"expected dimension {sorted(dims)}, got {query.numel()}")
-        similarity = (torch.stack([s.record.embedding for s in slots]) @ query).tolist()
-        best = max(range(len(slots)), key=lambda i: (similarity[i], slots[i].record.created, slots[i].seq))
-        record = slots[best].record
-        return Match(record.entry_id, record.namespace, record.prompt, similarity[best], record.steps)
+            found = self._index.nearest(query.numpy(), [(key_text(key), n) for n in allowed])
+            if found is None:
+                return None
+            record = self._slots[found[0]].record
+        return Match(record.entry_id, record.namespace, record.prompt, found[1], record.steps)
 
     def remove(self, entry_id: str, *, namespace: str = "default") -> None:
-        """Drop the entry from every tier, the DiskStore included (CacheMissError if absent)."""
+        """Drop the entry from every tier, the persistent store included (CacheMissError if
+        absent)."""
+        check_namespace("namespace", namespace)
         with self._lock:
-            slot = self._slot(entry_id, namespace)
-            if self.disk is not None and entry_id in self.disk:
-                self.disk.delete(entry_id)
-            self._unplace(slot)
-            del self._slots[entry_id]
+            slot = self._slots.get(entry_id)
+            if slot is not None and slot.record.namespace != namespace:
+                slot = None
+            if self.persistent is not None:
+                self.persistent.delete(entry_id, namespace)
+            elif slot is None:
+                raise CacheMissError(f"no entry {entry_id!r} in namespace {namespace!r}")
+            if slot is not None:
+                self._unplace(slot)
 
     def stats(self) -> CacheStats:
         with self._lock:
             tiers = [s.tier for s in self._slots.values()]
+            persistent_only = 0 if self.persistent is None else max(0, len(self.persistent) - len(tiers))
             return CacheStats(
                 self._used["device"],
                 self._used["host"],
                 tiers.count("device"),
                 tiers.count("host"),
-                tiers.count("disk"),
+                persistent_only,
                 self._hits,
                 self._evictions,
                 self._demotions,
             )
 
-    def _slot(self, entry_id: str, namespace: str) -> _Slot:
-        check_namespace("namespace", namespace)
-        slot = self._slots.get(entry_id)
-        if slot is None or slot.record.namespace != namespace:
-            raise CacheMissError(f"no entry {entry_id!r} in namespace {namespace!r}")
+    def _admit(self, record: IndexRecord, entry: CacheEntry, *, hits: int) -> _Slot | None:
+        """Place the entry in the highest tier it fits, then restore the budgets; its slot, or
+        None when no tier holds it."""
+        slot = None
+        for tier in ("device", "host"):
+            if record.nbytes <= self._budget[tier]:
+                slot = self._place(record, tier, entry, hits)
+                break
+        if slot is not None:
+            self._fit("device", protect=slot)
+            self._fit("host", protect=slot)
         return slot
 
-    def _admit(self, slot: _Slot, entry: CacheEntry) -> None:
-        """Place ``slot``'s entry in the highest tier it fits, then restore the budgets."""
-        for tier in ("device", "host"):
-            if slot.record.nbytes <= self._budget[tier]:
-                self._place(slot, tier, entry)
-                break
-        self._fit("device", protect=slot)
-        self._fit("host", protect=slot)
-
-    def _place(self, slot: _Slot, tier: str, entry: CacheEntry) -> None:
-        slot.entry = entry.to(self.device if tier == "device" else "cpu")
-        slot.tier = tier
-        self._used[tier] += slot.record.nbytes
+    def _place(self, record: IndexRecord, tier: str, entry: CacheEntry, hits: int) -> _Slot:
+        slot = _Slot(record, tier, entry.to(self.device if tier == "device" else "cpu"), hits, next(self._clock))
+        self._slots[record.entry_id] = slot
+        self._used[tier] += record.nbytes
+        self._index.add((key_text(record.key), record.namespace), record.entry_id, record.embedding.numpy(), record.created)
+        return slot
 
     def _unplace(self, slot: _Slot) -> None:
-        if slot.tier != "disk":
-            self._used[slot.tier] -= slot.record.nbytes
-        slot.tier, slot.entry = "disk", None
+        self._used[slot.tier] -= slot.record.nbytes
+        del self._slots[slot.record.entry_id]
+        self._index.remove(slot.record.entry_id)
 
     def _fit(self, tier: str, *, protect: _Slot) -> None:
         """Move victims out of ``tier`` until it is within budget."""
@@ -295,15 +278,12 @@ class CacheStore:
                 (s for s in self._slots.values() if s.tier == tier and s is not protect),
                 key=self._victim_order,
             )
-            entry = victim.entry
             self._unplace(victim)
             if tier == "device" and victim.record.nbytes <= self.host_bytes:
-                self._place(victim, "host", entry)
+                self._place(victim.record, "host", victim.entry, victim.hits).last_used = victim.last_used
                 self._demotions += 1
             else:
                 self._evictions += 1
-                if self.disk is None:
-                    del self._slots[victim.record.entry_id]
 
     def _victim_order(self, slot: _Slot) -> tuple[float, int]:
         score = slot.hits * slot.record.benefit if self.eviction == "benefit" else 0.0
