@@ -163,3 +163,19 @@ def test_the_key_covers_every_grid_setting():
     linear = CacheKey.for_grid("m", SigmaGrid.create(12, 3.0, mu=0.8, time_shift="linear"), shape=(2, 3, 8, 8), dtype="float32")
     assert linear != key
     assert CacheKey.from_json(key.to_json()) == key
+
+
+def test_moving_an_entry_copies_without_checking_again(run, monkeypatch):
+    _, _, _, entry = run
+    import flowctl._checks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(flowctl._checks, "check_tensor", refuse)
+    monkeypatch.setattr("flowctl.cache.entry.check_tensor", refuse)
+    monkeypatch.setattr("flowctl.sampling.grid.check_tensor", refuse)
+    moved = entry.to("cpu", copy=True)
+    assert moved.states[3].data_ptr() != entry.states[3].data_ptr() and torch.equal(moved.states[3], entry.states[3])
+    assert moved.grid.values.data_ptr() != entry.grid.values.data_ptr() and moved.grid.key == entry.grid.key
+    assert (moved.entry_id, moved.key, moved.created) == (entry.entry_id, entry.key, entry.created)

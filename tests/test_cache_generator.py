@@ -101,3 +101,38 @@ def test_entries_never_match_under_another_encoder(model):
     renamed = HashingEncoder()
     renamed.name = "another-512-dim-encoder"
     assert not CachedGenerator(model, renamed, store, SigmaGrid.create(10, 3.0)).generate(PROMPT, noise()).hit
+
+
+class _CountingConditions:
+    """The model, counting how often a prompt becomes a condition."""
+
+    def __init__(self, model):
+        self.model, self.fingerprint, self.calls = model, model.fingerprint, []
+
+    def velocity(self, x, t, cond=None):
+        return self.model.velocity(x, t, cond)
+
+    def condition(self, prompt):
+        self.calls.append(prompt)
+        return self.model.condition(prompt)
+
+
+def test_hits_reuse_the_cached_prompts_condition(model):
+    counting = _CountingConditions(model)
+    g = CachedGenerator(counting, model.encoder, CacheStore(device_bytes=1 << 24, host_bytes=0), SigmaGrid.create(10, 3.0))
+    g.generate(PROMPT, noise())
+    for _ in range(3):
+        assert g.generate(PROMPT, noise()).hit
+    assert counting.calls == [PROMPT]  # encoded once, for the miss; every hit reused it
+
+
+def test_fill_stores_the_steps_asked_with_their_velocities(model):
+    g = generator(model)
+    result = g.fill(PROMPT, noise(), steps=[2, 5, 7])
+    assert result.lookup is None and result.nfe == {"forward": 10}
+    entry = g.store.get(result.entry_id)
+    assert entry.cached_steps == (2, 5, 7) and list(entry.velocities) == [2, 5, 7]
+    expected = integrate(model, noise(), g.grid, model.condition(PROMPT), keep="final").final
+    assert torch.equal(result.final, expected)
+    with pytest.raises(InvalidArgumentError, match="prompt"):
+        g.fill("  ", noise())

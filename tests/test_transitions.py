@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flowctl import FlowctlError, GaussianMixtureFlow, IntegrationError, InvalidArgumentError, SigmaGrid, integrate, metrics
+from flowctl import FlowctlError, GaussianMixtureFlow, InvalidArgumentError, SigmaGrid, integrate, metrics
 from flowctl.errors import ShapeError
 from flowctl.ocp import LeastSquaresOptions
 from flowctl.systems.gaussian_mixture import smooth_image_means

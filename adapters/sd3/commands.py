@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
-from flowctl.cache import CacheEntry, CachedGenerator, CacheStore, get_policy, open_store
+from flowctl.cache import CachedGenerator, CacheStore, get_policy, open_store
 from flowctl.cli import bench_config, report
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
@@ -39,7 +39,7 @@ from .bench import sd3_model
 from .checkpoint import load_pipeline, parse_device, torch_dtype
 from .dynamics import SD3Condition, SD3Dynamics
 from .encoding import SD3PooledEncoder
-from .loop import decode, denoise, latent_shape, noise_latents, pipeline_grid, to_pil
+from .loop import decode, latent_shape, noise_latents, pipeline_grid, to_pil
 from .strategies import make_strategy
 
 CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         cached = CachedGenerator(model, loaded.encoder, store, grid, policy=policy, namespace=args.namespace, guidance=loaded.guidance)
         start = time.perf_counter()
         if strategy is None:
-            summary = _generate(cached, model, args.prompt, noise, state)
+            summary = _generate(cached, args.prompt, noise, state)
         else:
             summary = _continue(cached, args.prompt, noise, state, strategy)
         summary["seconds"] = time.perf_counter() - start
@@ -201,16 +201,8 @@ def _continue(cached: CachedGenerator, prompt: str, noise, state, strategy: Stra
     }
 
 
-def _generate(cached: CachedGenerator, model: _Progress, prompt: str, noise, state) -> dict[str, Any]:
+def _generate(cached: CachedGenerator, prompt: str, noise, state) -> dict[str, Any]:
     """``prompt`` from scratch, stored with the states the policy resumes from."""
-    steps = cached.policy.cached_steps(cached.grid.steps)
-    start = time.perf_counter()
-    run_ = denoise(model, noise, model.condition(prompt), cached.grid, keep=steps, generator_state=state)
-    generated = time.perf_counter()
-    embedding = cached.encoder.encode([prompt])[0]
-    entry = CacheEntry.from_trajectory(run_, key=cached.key(noise), prompt=prompt, embedding=embedding, steps=steps, namespace=cached.namespace)
-    entry_id = cached.store.put(entry)
-    return {
-        "entry_id": entry_id, "cached_steps": list(steps), "nfe": {"forward": cached.grid.steps},
-        "timings": {"generation": generated - start, "store": time.perf_counter() - generated}, "final": run_.final,
-    }
+    result = cached.fill(prompt, noise, generator_state=state)
+    return {"entry_id": result.entry_id, "cached_steps": list(cached.policy.cached_steps(cached.grid.steps)),
+            "nfe": result.nfe, "timings": result.timings, "final": result.final}

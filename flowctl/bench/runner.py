@@ -327,10 +327,7 @@ class _Bench:
 
     def store_a(self, prompt: str, kept: set[int]) -> None:
         """Generate A from scratch and cache the states the policy and the sweep resume from."""
-        g = self.generator
-        run = integrate(self.model, self.noise, self.grid, self.model.condition(prompt), keep=sorted(kept))
-        embedding = g.encoder.encode([prompt])[0]
-        g.store.put(CacheEntry.from_trajectory(run, key=g.key(self.noise), prompt=prompt, embedding=embedding, steps=sorted(kept)))
+        self.generator.fill(prompt, self.noise, steps=kept)
 
     def scratch(self, prompt: str, steps: int) -> torch.Tensor:
         """``prompt`` from scratch in ``steps`` steps, from the benchmark's noise."""

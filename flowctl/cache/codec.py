@@ -1,9 +1,9 @@
 """An entry as bytes: the one stored format of both persistent stores.
 
 The bytes are a safetensors file: tensors ``state.<step>``, ``velocity.<step>`` (where kept),
-``noise``, ``embedding``, ``grid`` (the sigmas) and, if kept, ``generator_state``; metadata
-``format``, ``entry`` (canonical JSON: id, namespace, prompt, created, nbytes, key and grid
-settings) and ``mac``: ``"sha256:<hex>"``, or ``"hmac-sha256:<hex>"`` when the store has a
+``noise``, ``embedding`` and, if kept, ``generator_state``; metadata ``format``, ``entry``
+(canonical JSON: id, namespace, prompt, created, nbytes and the key, whose settings determine
+the sigma grid: it is rebuilt from them, not stored) and ``mac``: ``"sha256:<hex>"``, or ``"hmac-sha256:<hex>"`` when the store has a
 secret, over the format, the metadata JSON and every tensor's name, dtype, shape and bytes. So
 an edited prompt, namespace, embedding, grid or latent fails verification, and with a secret
 nobody without it can forge an entry that passes.
@@ -55,7 +55,6 @@ def secret_check(secret: bytes | None) -> str | None:
 def encode(entry: CacheEntry, secret: bytes | None) -> Encoded:
     """``entry`` as bytes, signed with ``secret`` (an HMAC) or checksummed (sha256) without."""
     tensors = _cpu_tensors(entry)
-    grid = entry.grid
     meta = json.dumps(
         {
             "entry_id": entry.entry_id,
@@ -64,7 +63,6 @@ def encode(entry: CacheEntry, secret: bytes | None) -> Encoded:
             "created": entry.created,
             "nbytes": entry.nbytes,
             "key": entry.key.to_json(),
-            "grid": {"shift": grid.shift, "mu": grid.mu, "time_shift": grid.time_shift, "num_train_timesteps": grid.num_train_timesteps},
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -127,12 +125,13 @@ def _entry(meta: Any, tensors: dict[str, torch.Tensor], entry_id: str | None) ->
             raise IntegrityError(f"the bytes hold entry {meta['entry_id']!r}, not {entry_id!r}")
         states = {int(n.removeprefix("state.")): x for n, x in tensors.items() if n.startswith("state.")}
         velocities = {int(n.removeprefix("velocity.")): v for n, v in tensors.items() if n.startswith("velocity.")}
+        key = CacheKey.from_json(meta["key"])
         return CacheEntry(
-            CacheKey.from_json(meta["key"]),
+            key,
             meta["prompt"],
             tensors["embedding"],
             states,
-            SigmaGrid(tensors["grid"], **meta["grid"]),
+            SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps),
             tensors["noise"],
             tensors.get("generator_state"),
             velocities,
@@ -163,7 +162,7 @@ def _cpu_tensors(entry: CacheEntry) -> dict[str, torch.Tensor]:
     """The entry's tensors by stored name, on the CPU, contiguous and sharing no memory."""
     named = {f"state.{k}": x for k, x in entry.states.items()}
     named.update({f"velocity.{k}": v for k, v in entry.velocities.items()})
-    named.update(noise=entry.noise, embedding=entry.embedding, grid=entry.grid.values)
+    named.update(noise=entry.noise, embedding=entry.embedding)
     if entry.generator_state is not None:
         named["generator_state"] = entry.generator_state
     tensors, seen = {}, set()

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CacheFullError, CacheStorageError, InvalidArgumentError, ShapeError, UnknownNameError
+from ..errors import CacheFullError, CacheStorageError, InvalidArgumentError, UnknownNameError
 from . import codec
 from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_namespace, key_text, unit_embedding
 from .persistent import EvictionPolicy, Match
@@ -353,10 +353,17 @@ class DiskStore:
         try:
             self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
             self._seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM log").fetchone()[0]
+            groups: dict[tuple[str, str], tuple[list, list, list]] = {}
             for entry_id, namespace, key, embedding, created in self._db.execute("SELECT entry_id, namespace, key, embedding, created FROM entries"):
-                self._index.add((key, namespace), entry_id, np.frombuffer(embedding, np.float32), created)
+                ids, vectors, times = groups.setdefault((key, namespace), ([], [], []))
+                ids.append(entry_id)
+                vectors.append(embedding)
+                times.append(created)
         finally:
             self._db.execute("COMMIT")
+        for group, (ids, vectors, times) in groups.items():
+            matrix = np.frombuffer(b"".join(vectors), np.float32).reshape(len(ids), -1)
+            self._index.add_many(group, ids, matrix, np.array(times))
 
     def _check_secret(self) -> None:
         check = codec.secret_check(self._secret)

@@ -283,15 +283,25 @@ class CacheEntry:
 
     def to(self, device: torch.device | str, *, copy: bool = False) -> CacheEntry:
         """The entry with every tensor on ``device`` (but ``generator_state``, which stays on the
-        CPU); ``copy=True`` copies tensors already there, so the result shares no storage."""
-        return dataclasses.replace(
+        CPU); ``copy=True`` copies tensors already there, so the result shares no storage. The
+        entry was validated when made: moving it checks nothing again."""
+        return _replaced(
             self,
             embedding=self.embedding.to(device, copy=copy),
             states={k: x.to(device, copy=copy) for k, x in self.states.items()},
             velocities={k: v.to(device, copy=copy) for k, v in self.velocities.items()},
-            grid=dataclasses.replace(self.grid, values=self.grid.values.to(device, copy=copy)),
+            grid=_replaced(self.grid, values=self.grid.values.to(device, copy=copy)),
             noise=self.noise.to(device, copy=copy),
         )
+
+
+def _replaced(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` without ``__post_init__``: for copies of validated objects whose
+    tensors only moved (the checks would synchronise with the device again)."""
+    new = object.__new__(type(obj))
+    for f in dataclasses.fields(obj):
+        object.__setattr__(new, f.name, changes.get(f.name, getattr(obj, f.name)))
+    return new
 
 
 def key_text(key: CacheKey) -> str:

@@ -10,7 +10,10 @@ prompt's own trajectory. Sigma runs from 1 (noise) to 0 (data).
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,7 +73,7 @@ class GenerationResult:
 
     Attributes:
         final: the sample at sigma = 0.
-        lookup: what the look-up found and decided.
+        lookup: what the look-up found and decided (None for :meth:`CachedGenerator.fill`).
         transition: the strategy's result on a hit, None on a miss.
         entry_id: the stored entry's id on a miss, None on a hit.
         nfe: model evaluations by kind.
@@ -79,7 +82,7 @@ class GenerationResult:
     """
 
     final: torch.Tensor
-    lookup: Lookup
+    lookup: Lookup | None
     transition: TransitionResult | None
     entry_id: str | None
     nfe: dict[str, float] = field(default_factory=dict)
@@ -102,7 +105,12 @@ class CachedGenerator:
         strategy: how a hit continues (default: direct switch).
         namespace: the tenant; look-ups and inserts stay inside it.
         guidance: classifier-free guidance scale, part of the cache key.
+
+    The model's conditions of the last prompts seen are kept (a hit needs the cached prompt's,
+    which for SD3 means running the text encoders).
     """
+
+    CONDITIONS_KEPT = 32
 
     def __init__(
         self,
@@ -118,6 +126,21 @@ class CachedGenerator:
     ):
         self.model, self.encoder, self.store, self.grid = model, encoder, store, grid
         self.policy, self.strategy, self.namespace, self.guidance = policy, strategy, namespace, guidance
+        self._conditions: OrderedDict[str, Any] = OrderedDict()
+        self._conditions_lock = threading.Lock()
+
+    def condition(self, prompt: str) -> Any:
+        """The model's condition of ``prompt``, memoised for the last few prompts."""
+        with self._conditions_lock:
+            if prompt in self._conditions:
+                self._conditions.move_to_end(prompt)
+                return self._conditions[prompt]
+        cond = self.model.condition(prompt)
+        with self._conditions_lock:
+            self._conditions[prompt] = cond
+            while len(self._conditions) > self.CONDITIONS_KEPT:
+                self._conditions.popitem(last=False)
+        return cond
 
     def key(self, noise: torch.Tensor) -> CacheKey:
         """The cache key of a run from ``noise`` with this model, these settings and this encoder."""
@@ -145,27 +168,44 @@ class CachedGenerator:
         """The transition request of a hit (``cond_b``: the new prompt's condition)."""
         entry, d = lookup.entry, lookup.decision
         return TransitionRequest(
-            self.model, entry.resume_point(d.resume_step), self.model.condition(entry.prompt), cond_b,
+            self.model, entry.resume_point(d.resume_step), self.condition(entry.prompt), cond_b,
             horizon=d.transition_steps, similarity=max(-1.0, min(1.0, d.similarity)),
         )
 
     def generate(self, prompt: str, noise: torch.Tensor, *, generator_state: torch.Tensor | None = None, strategy: Strategy | None = None) -> GenerationResult:
         """Generate ``prompt``: continue a similar cached run on a hit, else from ``noise``
-        (sigma = 1) and store the run. ``generator_state``: the state of the generator that drew
-        ``noise``, kept in the entry."""
+        (sigma = 1) and store the run (:meth:`fill`). ``generator_state``: the state of the
+        generator that drew ``noise``, kept in the entry."""
         lookup = self.lookup(prompt, noise)
-        cond = self.model.condition(lookup.prompt)
-        if lookup.hit:
-            result = (strategy or self.strategy).run(self.request(lookup, cond))
-            timings = {"lookup": lookup.seconds, **result.phases}
-            return GenerationResult(result.final, lookup, result, None, dict(result.nfe), timings)
-        model, steps = CountedDynamics(self.model), self.policy.cached_steps(self.grid.steps)
+        if not lookup.hit:
+            return self.fill(lookup.prompt, noise, generator_state=generator_state, embedding=lookup.embedding, lookup=lookup)
+        result = (strategy or self.strategy).run(self.request(lookup, self.condition(lookup.prompt)))
+        timings = {"lookup": lookup.seconds, **result.phases}
+        return GenerationResult(result.final, lookup, result, None, dict(result.nfe), timings)
+
+    def fill(
+        self,
+        prompt: str,
+        noise: torch.Tensor,
+        *,
+        generator_state: torch.Tensor | None = None,
+        steps: Iterable[int] | None = None,
+        embedding: torch.Tensor | None = None,
+        lookup: Lookup | None = None,
+    ) -> GenerationResult:
+        """Generate ``prompt`` from ``noise`` (sigma = 1) and store the run: its states at
+        ``steps`` (default: the ones the policy resumes from), with its velocities there.
+        ``embedding``: the prompt's, if already computed."""
+        (prompt,) = check_prompts([prompt])
+        noise = check_tensor("noise", noise, ndim_min=1)
+        steps = self.policy.cached_steps(self.grid.steps) if steps is None else sorted(set(steps))
+        model = CountedDynamics(self.model)
         start = time.perf_counter()
-        run = integrate(model, noise, self.grid, cond, keep=steps, generator_state=generator_state)
+        run = integrate(model, noise, self.grid, self.condition(prompt), keep=steps, generator_state=generator_state)
         generated = time.perf_counter()
-        entry = CacheEntry.from_trajectory(
-            run, key=self.key(noise), prompt=lookup.prompt, embedding=lookup.embedding, steps=steps, namespace=self.namespace,
-        )
+        embedding = self.encoder.encode([prompt])[0] if embedding is None else embedding
+        entry = CacheEntry.from_trajectory(run, key=self.key(noise), prompt=prompt, embedding=embedding, steps=steps, namespace=self.namespace)
         entry_id = self.store.put(entry)
-        timings = {"lookup": lookup.seconds, "generation": generated - start, "store": time.perf_counter() - generated}
+        timings = {"lookup": lookup.seconds} if lookup is not None else {}
+        timings |= {"generation": generated - start, "store": time.perf_counter() - generated}
         return GenerationResult(run.final, lookup, None, entry_id, dict(model.counter.by_kind), timings)

@@ -49,7 +49,7 @@ class EmbeddingIndex:
         candidates: how many graph neighbours are re-ranked exactly.
     """
 
-    def __init__(self, *, ann: AnnMode = "never", ann_threshold: int = 50_000, candidates: int = 32):
+    def __init__(self, *, ann: AnnMode = "never", ann_threshold: int = 50_000, candidates: int = 64):
         if ann not in ("never", "auto", "always"):
             raise InvalidArgumentError("ann", f"expected 'never', 'auto' or 'always', got {ann!r}")
         if ann != "never":
@@ -83,6 +83,32 @@ class EmbeddingIndex:
         self._where[entry_id] = (group, row)
         if g.graph is not None:
             self._graph_add(g, [row])
+        elif self._wants_graph(g):
+            self._build_graph(g)
+
+    def add_many(self, group: Hashable, entry_ids: list[str], embeddings: np.ndarray, created: np.ndarray) -> None:
+        """Add new entries to ``group`` at once (rows of ``embeddings``, unit, float32); the
+        graph, if the group needs one, is built in one batch (usearch uses every core)."""
+        for entry_id in entry_ids:
+            self.remove(entry_id)
+        if not entry_ids:
+            return
+        g = self._groups.get(group)
+        if g is None:
+            g = self._groups[group] = _Group(embeddings.shape[1], np.empty((0, embeddings.shape[1]), np.float32), np.empty(0))
+        elif embeddings.shape[1] != g.dim:
+            raise ShapeError("embedding", f"expected dimension {g.dim} (the entries under this key), got {embeddings.shape[1]}")
+        first, count = g.n, len(entry_ids)
+        if first + count > len(g.vectors):
+            capacity = max(16, 2 * (first + count))
+            g.vectors = np.concatenate([g.vectors[:first], np.empty((capacity - first, g.dim), np.float32)])
+            g.created = np.concatenate([g.created[:first], np.empty(capacity - first)])
+        g.vectors[first : first + count], g.created[first : first + count] = embeddings, created
+        g.ids.extend(entry_ids)
+        for row, entry_id in enumerate(entry_ids, start=first):
+            self._where[entry_id] = (group, row)
+        if g.graph is not None:
+            self._graph_add(g, list(range(first, first + count)))
         elif self._wants_graph(g):
             self._build_graph(g)
 
@@ -144,7 +170,8 @@ class EmbeddingIndex:
         return self.ann == "always" or (self.ann == "auto" and g.n >= self.ann_threshold)
 
     def _build_graph(self, g: _Group) -> None:
-        g.graph = _usearch().Index(ndim=g.dim, metric="ip", dtype="f32")
+        # int8 vectors in the graph: it only proposes candidates, re-ranked on the float32 rows
+        g.graph = _usearch().Index(ndim=g.dim, metric="ip", dtype="i8", expansion_add=64, expansion_search=128)
         g.labels, g.rows_by_label = [], {}
         self._graph_add(g, list(range(g.n)))
 
