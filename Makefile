@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,sd3,text
+EXTRAS ?= test,sd3,text,postgres,ann
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test env clean

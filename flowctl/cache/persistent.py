@@ -27,6 +27,11 @@ from ..errors import InvalidArgumentError
 if TYPE_CHECKING:
     from .entry import CacheEntry, CacheKey, IndexRecord
 
+class CacheCorruptionWarning(UserWarning):
+    """A stored entry failed verification and was quarantined, or a file in a cache directory is
+    not one of its entries and was left alone."""
+
+
 EvictionPolicy = Literal["lru", "benefit"]
 """Which entries go first when a store is over budget: the least recently used ("lru"), or the
 least ``hits x (largest cached step / key.steps)`` with ties by LRU ("benefit", NIRVANA's)."""
