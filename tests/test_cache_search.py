@@ -71,7 +71,9 @@ def test_the_graph_proposes_and_exact_scores_decide():
     ids = [str(i) for i in range(3000)]
     exact.add_many("g", ids, vectors, np.arange(3000.0))
     approx.add_many("g", ids[:2000], vectors[:2000], np.arange(2000.0))
-    for i in range(2000, 3000):  # the rest one by one, into the built graph
+    approx.wait()  # the graph is built in the background; until then search is exact
+    assert approx._groups["g"].graph is not None
+    for i in range(2000, 3000):  # the rest one by one: into the tail, then a few at a time into the graph
         approx.add("g", ids[i], vectors[i], float(i))
     for i in range(0, 3000, 7):
         approx.remove(ids[i])
@@ -87,3 +89,25 @@ def test_the_graph_proposes_and_exact_scores_decide():
 def test_bad_mode_is_typed():
     with pytest.raises(InvalidArgumentError):
         EmbeddingIndex(ann="sometimes")
+
+
+def test_changes_during_a_background_build_are_kept():
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, 6000, d=32)
+    exact, approx = EmbeddingIndex(), EmbeddingIndex(ann="always")
+    ids = [str(i) for i in range(6000)]
+    for index in (exact, approx):
+        index.add_many("g", ids[:4000], vectors[:4000], np.arange(4000.0))  # approx: a build starts
+    for index in (exact, approx):  # while it runs: removals, replacements and new entries
+        for i in range(0, 4000, 5):
+            index.remove(ids[i])
+        for i in range(1, 4000, 5):
+            index.add("g", ids[i], vectors[4000 + i // 5], 9000.0 + i)
+        index.add_many("g", ids[5000:], vectors[5000:], np.arange(5000.0, 6000.0))
+    approx.wait()
+    assert approx._groups["g"].graph is not None and len(approx) == len(exact) == 4200
+    for q in unit(rng, 100, d=32):  # nothing stale is found, nothing live is lost
+        e, a = exact.nearest(q, ["g"]), approx.nearest(q, ["g"])
+        assert a[0] in exact and a[1] <= e[1] + 1e-12
+        hit = exact.nearest(vectors[5500], ["g"])
+        assert approx.nearest(vectors[5500], ["g"]) == hit

@@ -261,6 +261,11 @@ class DiskStore:
             rows = self._db.execute(f"SELECT {_ROW} FROM entries{where} ORDER BY created", args).fetchall()
         return [_record(row) for row in rows]
 
+    def wait_for_index(self) -> None:
+        """Block until the search index's background builds are done (look-ups are exact, and
+        slower on large stores, until then; benchmarks wait, servers need not)."""
+        self._index.wait()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
