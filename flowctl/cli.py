@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--sweep-pairs", type=int, default=None, help="most similar pairs swept over the resume step")
     bench.add_argument("--repeats", type=int, default=None, help="timing repeats of the cheap methods")
     bench.add_argument("--quick", action="store_true", help="a small smoke run, not for figures")
+    bench.add_argument("--cache", default=None, help="also keep the cached runs in this store (a directory or a postgresql:// URL; namespace flowctl-bench), whose look-ups are then timed")
     _add_cache(sub)
     return parser
 
@@ -152,7 +153,10 @@ def bench_config(args: argparse.Namespace, defaults: BenchConfig, quick: dict) -
 
 def _bench_gmm(args: argparse.Namespace) -> int:
     config = bench_config(args, BenchConfig(), QUICK)
-    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    from .cache import open_store
+
+    persistent = None if args.cache is None else open_store(args.cache, argument="--cache")
+    result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True), persistent=persistent)
     report(result, args.out)
     return 0
 

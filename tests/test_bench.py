@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from flowctl import InvalidArgumentError
+from flowctl.cache import DiskStore
 from flowctl.bench.pairs import PromptPair
 from flowctl.bench.report import markdown, summary, to_json, write_outputs
 from flowctl.bench.runner import FEWER, NOOP, BenchConfig, run_benchmark
@@ -76,6 +77,15 @@ def test_cli_quick_run_writes_its_outputs(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "report.md", "speedup_psnr.svg", "grid.png"}
     assert main(["bench", "--model", "gmm", "--quick", "--policy", "fast", "--out", str(tmp_path)]) == 2
     assert "policy" in capsys.readouterr().err
+
+
+def test_cli_bench_keeps_its_runs_in_a_given_store(tmp_path, capsys):
+    pytest.importorskip("sentence_transformers")
+    cache = tmp_path / "cache"
+    assert main(["bench", "--model", "gmm", "--quick", "--out", str(tmp_path / "out"), "--cache", str(cache)]) == 0
+    records = DiskStore(cache).records()
+    assert records and {r.namespace for r in records} == {"flowctl-bench"}
+    assert "## Table 2: by similarity" in capsys.readouterr().out
 
 
 def test_module_entry_point():

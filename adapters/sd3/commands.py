@@ -144,6 +144,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     out, err = out or sys.stdout, err or sys.stderr
     say = lambda line: print(line, file=err, flush=True)  # noqa: E731
     policy = get_policy(args.policy)
+    persistent = open_store(args.cache, argument="--cache") if args.command == "bench" and args.cache is not None else None
     if args.command != "bench":
         if not args.prompt.strip():
             raise InvalidArgumentError("prompt", "must not be empty")
@@ -152,7 +153,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     dynamics = loaded.dynamics
     if args.command == "bench":
         config = bench_config(args, loaded.bench_defaults, loaded.quick)
-        result = run_benchmark(config, model=loaded.bench_model(config.seeds, config.seed), encoder=loaded.encoder, progress=say)
+        result = run_benchmark(config, model=loaded.bench_model(config.seeds, config.seed), encoder=loaded.encoder, progress=say, persistent=persistent)
         report(result, args.out)
         return 0
     strategy = None

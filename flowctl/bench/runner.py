@@ -27,7 +27,7 @@ import torch
 
 from .. import metrics
 from .._checks import check_int, check_real
-from ..cache import CacheEntry, CachedGenerator, CacheStore, PromptModel, get_policy
+from ..cache import CacheEntry, CachedGenerator, CacheStore, PersistentStore, PromptModel, get_policy
 from ..dynamics import check_budget
 from ..errors import InvalidArgumentError
 from ..jacobians import ColouredJacobian, DiagonalJacobian
@@ -251,9 +251,12 @@ def run_benchmark(
     encoder: TextEncoder | None = None,
     pairs: Sequence[PromptPair] | None = None,
     progress: Callable[[str], None] | None = None,
+    persistent: PersistentStore | None = None,
 ) -> BenchResult:
     """Run the protocol on ``model`` (default: the embedded prompted mixture flow, built from
-    ``config``) with ``encoder`` for the look-up (default: MiniLM)."""
+    ``config``) with ``encoder`` for the look-up (default: MiniLM). The cached runs of the
+    prompts A live in memory, and also in ``persistent`` if given (namespace "flowctl-bench"),
+    whose look-ups are then the ones timed."""
     started = time.perf_counter()
     say = progress or (lambda _: None)
     encoder = encoder or MiniLMEncoder()
@@ -263,8 +266,8 @@ def run_benchmark(
     model = model or mixture_model(config, encoder)
     grid = model.grid_for(config.steps)
     policy = get_policy(config.policy)
-    store = CacheStore(device=model.noise.device, device_bytes=1 << 40, host_bytes=0)
-    generator = CachedGenerator(model.model, encoder, store, grid, policy=policy, guidance=model.guidance)
+    store = CacheStore(device=model.noise.device, device_bytes=1 << 40, host_bytes=0, persistent=persistent)
+    generator = CachedGenerator(model.model, encoder, store, grid, policy=policy, guidance=model.guidance, namespace="flowctl-bench")
     bench = _Bench(config, model, grid, generator)
     say(f"cost of a model call by kind: {bench.cost}")
 
