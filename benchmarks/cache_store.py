@@ -170,29 +170,32 @@ def local_scale(size: int, repeats: int) -> dict:
         opened = time.perf_counter() - start
         store.wait_for_index()
         indexed = time.perf_counter() - start
-        found, lookups = [], []
-        for q in qs:
-            t = time.perf_counter()
-            match = store.nearest(torch.from_numpy(q), KEY, ["default"])
-            lookups.append(time.perf_counter() - t)
-            found.append(int(match.entry_id.removeprefix("pre")))
-        exact = _exact(vectors, qs)
-        new = embeddings(repeats, seed=3)
-        puts = []
-        for i in range(repeats):
-            e = entry(uuid.uuid4().hex, new[i], seed=i)
-            t = time.perf_counter()
-            store.put(e)
-            puts.append(time.perf_counter() - t)
+        latency = _latency(store, vectors, qs, repeats)
         store.close()
+    search = "approximate" if size >= 50_000 else "exact"
+    return {"entries": size, "search": search, "open_seconds": opened, "index_ready_seconds": indexed, **latency}
+
+
+def _latency(store, vectors: np.ndarray, qs: np.ndarray, repeats: int) -> dict:
+    """Look-ups of ``qs`` in ``store`` (holding ``vectors`` as entries pre<i>), with recall@1
+    against exact search, then ``repeats`` new puts."""
+    found, lookups = [], []
+    for q in qs:
+        t = time.perf_counter()
+        match = store.nearest(torch.from_numpy(q), KEY, ["default"])
+        lookups.append(time.perf_counter() - t)
+        found.append(int(match.entry_id.removeprefix("pre")))
+    new = embeddings(repeats, seed=3)
+    puts = []
+    for i in range(repeats):
+        e = entry(uuid.uuid4().hex, new[i], seed=i)
+        t = time.perf_counter()
+        store.put(e)
+        puts.append(time.perf_counter() - t)
     return {
-        "entries": size,
-        "search": "approximate" if size >= 50_000 else "exact",
-        "open_seconds": opened,
-        "index_ready_seconds": indexed,
         "lookup_p50_ms": _p(lookups, 50),
         "lookup_p90_ms": _p(lookups, 90),
-        "recall_at_1": float(np.mean(np.array(found) == exact)),
+        "recall_at_1": float(np.mean(np.array(found) == _exact(vectors, qs))),
         "put_p50_ms": _p(puts, 50),
         "put_p90_ms": _p(puts, 90),
     }
@@ -263,31 +266,10 @@ def postgres_scale(url: str, size: int, repeats: int) -> dict:
     prefill_postgres(url, vectors)
     loaded = time.perf_counter() - start
     store = open_store(url)
-    found, lookups = [], []
-    for q in qs:
-        t = time.perf_counter()
-        match = store.nearest(torch.from_numpy(q), KEY, ["default"])
-        lookups.append(time.perf_counter() - t)
-        found.append(int(match.entry_id.removeprefix("pre")))
-    new = embeddings(repeats, seed=3)
-    puts = []
-    for i in range(repeats):
-        e = entry(uuid.uuid4().hex, new[i], seed=i)
-        t = time.perf_counter()
-        store.put(e)
-        puts.append(time.perf_counter() - t)
+    latency = _latency(store, vectors, qs, repeats)
     store.clear()
     store.close()
-    return {
-        "entries": size,
-        "search": "HNSW (pgvector)",
-        "load_seconds": loaded,
-        "lookup_p50_ms": _p(lookups, 50),
-        "lookup_p90_ms": _p(lookups, 90),
-        "recall_at_1": float(np.mean(np.array(found) == _exact(vectors, qs))),
-        "put_p50_ms": _p(puts, 50),
-        "put_p90_ms": _p(puts, 90),
-    }
+    return {"entries": size, "search": "HNSW (pgvector)", "load_seconds": loaded, **latency}
 
 
 # -- report -----------------------------------------------------------------------------------------
