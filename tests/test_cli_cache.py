@@ -45,3 +45,24 @@ def test_bad_input_is_a_clear_error(cache_dir, tmp_path, capsys):
     assert "no entry 'deadbeef'" in capsys.readouterr().err
     assert main(["cache", "clear", "--cache", str(cache_dir)]) == 2  # neither --namespace nor --all
     assert "--all" in capsys.readouterr().err and len(DiskStore(cache_dir)) == 3
+
+
+def test_the_cache_commands_take_a_postgresql_url(postgres_url, capsys):
+    from flowctl.cache import PostgresStore
+
+    model = PromptedMixtureFlow(HashingEncoder(), components=6, size=8)
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    persistent = PostgresStore(postgres_url)  # the default schema, as the command line opens it
+    persistent.clear()
+    for namespace, prompt in (("alice", "a red circle"), ("bob", "a blue square")):
+        store = CacheStore(device_bytes=1 << 20, host_bytes=0, persistent=persistent)
+        CachedGenerator(model, model.encoder, store, SigmaGrid.create(8, 3.0), namespace=namespace).generate(prompt, noise)
+    assert main(["cache", "list", "--cache", postgres_url]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["namespace"], r["prompt"]) for r in rows] == [("alice", "a red circle"), ("bob", "a blue square")]
+    assert main(["cache", "inspect", rows[1]["id"], "--cache", postgres_url]) == 0
+    assert json.loads(capsys.readouterr().out)["noise_shape"] == [1, 3, 8, 8]
+    assert main(["cache", "clear", "--cache", postgres_url, "--namespace", "alice"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": 1, "left": 1}
+    persistent.clear()
+    persistent.close()
