@@ -244,7 +244,7 @@ class EmbeddingIndex:
         graph = None
         try:
             # int8 vectors in the graph: it only proposes candidates, ranked on the float32 rows
-            graph = _usearch().Index(ndim=g.dim, metric="ip", dtype="i8", expansion_add=64, expansion_search=128)
+            graph = _usearch().Index(ndim=g.dim, metric="ip", dtype="i8", connectivity=32, expansion_add=128, expansion_search=64)
             for start in range(0, snapshot.n, _CHUNK):  # in chunks: the interpreter may be exiting
                 if _EXITING.is_set():
                     graph = None
