@@ -75,7 +75,7 @@ def entry(entry_id: str, embedding: np.ndarray, seed: int, namespace: str = "def
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(KEY.shape, generator=gen)
     states = {k: torch.randn(KEY.shape, generator=gen) for k in (7, 14, 21)}
-    return CacheEntry(KEY, f"prompt {entry_id}", torch.from_numpy(embedding.copy()), states, GRID, noise, namespace=namespace, entry_id=entry_id)
+    return CacheEntry(KEY, f"prompt {entry_id}", torch.from_numpy(embedding.copy()), states, noise, namespace=namespace, entry_id=entry_id)
 
 
 def _p(times: list[float], q: float) -> float:

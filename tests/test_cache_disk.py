@@ -34,7 +34,7 @@ def make_entry(seed, *, key=KEY, steps=(0, 3, 6), namespace="default", entry_id=
     states = {k: noise if k == 0 else torch.randn(key.shape, generator=gen) for k in steps}
     velocities = {steps[-1]: torch.randn(key.shape, generator=gen)}
     return CacheEntry(
-        key, f"prompt {seed}", torch.randn(16, generator=gen), states, GRID, noise, generator_state, velocities,
+        key, f"prompt {seed}", torch.randn(16, generator=gen), states, noise, generator_state, velocities,
         namespace=namespace, entry_id=entry_id or f"e{seed:04d}", created=1000.0 + seed,
     )
 

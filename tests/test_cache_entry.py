@@ -60,10 +60,11 @@ def test_an_entry_describes_itself(run):
     assert len(entry.entry_id) == 32 and entry.namespace == "default"
     assert tuple(entry.velocities) == entry.cached_steps  # the run's velocities, kept with its states
     assert torch.equal(entry.resume_point(3).velocity, full.velocities[3])
-    tensors = [*entry.states.values(), *entry.velocities.values(), entry.noise, entry.embedding, GRID.values, entry.generator_state]
+    tensors = [*entry.states.values(), *entry.velocities.values(), entry.noise, entry.embedding, entry.generator_state]
+    assert torch.equal(entry.grid.values, GRID.values) and entry.grid.key == GRID.key  # from the key: stored nowhere
     assert entry.nbytes == sum(t.numel() * t.element_size() for t in tensors)
     # Re-validating a stored entry (as loading one does) keeps the embedding's bits.
-    again = CacheEntry(entry.key, entry.prompt, entry.embedding, entry.states, entry.grid, entry.noise)
+    again = CacheEntry(entry.key, entry.prompt, entry.embedding, entry.states, entry.noise)
     assert torch.equal(again.embedding, entry.embedding)
     assert torch.equal(entry.states[9], full.states[9])
 
@@ -124,7 +125,6 @@ def _fields(run):
         "prompt": "a red cube",
         "embedding": torch.ones(4),
         "states": {3: full.states[3]},
-        "grid": GRID,
         "noise": full.noise,
     }
 
@@ -140,8 +140,6 @@ def _fields(run):
         ({"states": {}}, InvalidArgumentError, "states"),
         ({"noise": torch.zeros(2, 3, 8)}, ShapeError, "noise"),
         ({"prompt": "   "}, InvalidArgumentError, "prompt"),
-        ({"grid": SigmaGrid.create(12, 2.0)}, InvalidArgumentError, "grid"),
-        ({"grid": SigmaGrid.create(10, 3.0)}, InvalidArgumentError, "grid"),
         ({"embedding": torch.ones(2, 2)}, ShapeError, "embedding"),
         ({"embedding": torch.zeros(4)}, InvalidArgumentError, "embedding"),
         ({"embedding": torch.tensor([1.0, float("nan")])}, NonFiniteError, "embedding"),
@@ -177,5 +175,12 @@ def test_moving_an_entry_copies_without_checking_again(run, monkeypatch):
     monkeypatch.setattr("flowctl.sampling.grid.check_tensor", refuse)
     moved = entry.to("cpu", copy=True)
     assert moved.states[3].data_ptr() != entry.states[3].data_ptr() and torch.equal(moved.states[3], entry.states[3])
-    assert moved.grid.values.data_ptr() != entry.grid.values.data_ptr() and moved.grid.key == entry.grid.key
     assert (moved.entry_id, moved.key, moved.created) == (entry.entry_id, entry.key, entry.created)
+
+
+def test_an_entry_of_another_grid_is_refused(run):
+    _, _, full, _ = run
+    other = CacheKey.for_grid("gmm", SigmaGrid.create(12, 2.0), shape=SHAPE, dtype="float32")
+    with pytest.raises(InvalidArgumentError) as info:
+        CacheEntry.from_trajectory(full, key=other, prompt="a red cube", embedding=torch.ones(4), steps=[3])
+    assert info.value.argument == "key"

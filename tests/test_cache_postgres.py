@@ -40,7 +40,6 @@ def make_entry(seed, *, key=KEY, steps=(0, 3, 6), namespace="default", entry_id=
         f"prompt {seed}",
         vector if embedding is None else embedding,
         states,
-        GRID,
         noise,
         generator_state,
         velocities,

@@ -45,7 +45,6 @@ def make_entry(seed, *, key=KEY, steps=(3,), namespace="default", embedding=None
         f"prompt {seed}",
         embedding,
         {k: latent() for k in steps},
-        GRID,
         latent(),
         namespace=namespace,
         **fields,

@@ -26,7 +26,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from ..errors import FlowctlError, InvalidArgumentError
-from ..sampling import SigmaGrid
 from .entry import CacheEntry, CacheKey
 
 FORMAT = "flowctl.cache/2"
@@ -140,13 +139,11 @@ def _entry(meta: Any, tensors: dict[str, torch.Tensor], entry_id: str | None) ->
             raise IntegrityError(f"the bytes hold entry {meta['entry_id']!r}, not {entry_id!r}")
         states = {int(n.removeprefix("state.")): x for n, x in tensors.items() if n.startswith("state.")}
         velocities = {int(n.removeprefix("velocity.")): v for n, v in tensors.items() if n.startswith("velocity.")}
-        key = CacheKey.from_json(meta["key"])
         return CacheEntry(
-            key,
+            CacheKey.from_json(meta["key"]),
             meta["prompt"],
             tensors["embedding"],
             states,
-            SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps),
             tensors["noise"],
             tensors.get("generator_state"),
             velocities,

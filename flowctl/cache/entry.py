@@ -9,6 +9,7 @@ entry's :class:`~flowctl.sampling.SigmaGrid`). Entries resume only under an equa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -133,7 +134,6 @@ class CacheEntry:
         embedding: the prompt's embedding, the similarity key; stored 1-D, unit norm, float32.
         states: grid step k (0 <= k < key.steps) -> latent at sigma_k, shape ``key.shape``,
             dtype ``key.dtype``.
-        grid: the sampler's grid; its steps, shift and mu equal the key's.
         noise: the run's starting noise (sigma = 1), shape ``key.shape``, dtype ``key.dtype``.
         generator_state: ``torch.Generator.get_state()`` of the generator that drew ``noise``
             (a CPU uint8 tensor, as ``set_state`` needs), or None.
@@ -149,7 +149,6 @@ class CacheEntry:
     prompt: str
     embedding: torch.Tensor
     states: dict[int, torch.Tensor]
-    grid: SigmaGrid
     noise: torch.Tensor
     generator_state: torch.Tensor | None = None
     velocities: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -162,13 +161,6 @@ class CacheEntry:
         if not isinstance(key, CacheKey):
             raise InvalidArgumentError("key", f"expected a CacheKey, got {type(key).__name__}")
         _check_names(self.entry_id, self.namespace, self.prompt)
-        if not isinstance(self.grid, SigmaGrid):
-            raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(self.grid).__name__}")
-        expected = (key.steps, key.shift, key.mu, key.time_shift, key.num_train_timesteps)
-        if self.grid.key != expected:
-            raise InvalidArgumentError("grid", f"(steps, shift, mu, time_shift, num_train_timesteps) = {self.grid.key} do not match the key's {expected}")
-        if not torch.equal(self.grid.values.cpu(), SigmaGrid.create(*expected[:2], mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps).values):
-            raise InvalidArgumentError("grid", "its sigmas are not the ones its settings produce")
         if not isinstance(self.states, dict) or not self.states:
             raise InvalidArgumentError("states", "expected a non-empty dict of grid step -> latent")
         states = {check_int("states", k, minimum=0): x for k, x in self.states.items()}
@@ -220,6 +212,9 @@ class CacheEntry:
             raise InvalidArgumentError("key", f"method {key.method!r} is not the trajectory's {trajectory.method!r}")
         if trajectory.noise is None:
             raise InvalidArgumentError("trajectory", "has no starting noise; integrate from step 0 or pass noise=")
+        grid = trajectory.grid
+        if not isinstance(grid, SigmaGrid) or not torch.equal(grid.values.cpu(), _key_grid(key).values):
+            raise InvalidArgumentError("key", "its grid settings do not produce the trajectory's grid (build it with CacheKey.for_grid)")
         states = {}
         for step in steps:
             step = check_int("steps", step, minimum=0)
@@ -233,12 +228,16 @@ class CacheEntry:
             prompt,
             embedding,
             states,
-            trajectory.grid,
             trajectory.noise.detach(),
             trajectory.generator_state,
             {k: trajectory.velocities[k].detach() for k in states if k in trajectory.velocities},
             namespace,
         )
+
+    @functools.cached_property
+    def grid(self) -> SigmaGrid:
+        """The sampler's grid, as the key's settings produce it, on the entry's device."""
+        return _key_grid(self.key, self.noise.device)
 
     @property
     def cached_steps(self) -> tuple[int, ...]:
@@ -247,13 +246,13 @@ class CacheEntry:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by all the entry's tensors (latents, velocities, noise, embedding, grid,
+        """Bytes held by all the entry's tensors (latents, velocities, noise, embedding,
         generator)."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _tensors(self) -> list[torch.Tensor]:
         extra = [] if self.generator_state is None else [self.generator_state]
-        return [*self.states.values(), *self.velocities.values(), self.noise, self.embedding, self.grid.values, *extra]
+        return [*self.states.values(), *self.velocities.values(), self.noise, self.embedding, *extra]
 
     def _grid_step(self, step: int, *, last: int) -> int:
         step = check_int("step", step, minimum=0)
@@ -290,9 +289,12 @@ class CacheEntry:
             embedding=self.embedding.to(device, copy=copy),
             states={k: x.to(device, copy=copy) for k, x in self.states.items()},
             velocities={k: v.to(device, copy=copy) for k, v in self.velocities.items()},
-            grid=_replaced(self.grid, values=self.grid.values.to(device, copy=copy)),
             noise=self.noise.to(device, copy=copy),
         )
+
+
+def _key_grid(key: CacheKey, device: torch.device | str | None = None) -> SigmaGrid:
+    return SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps, device=device)
 
 
 def _replaced(obj: Any, **changes: Any) -> Any:
