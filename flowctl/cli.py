@@ -5,10 +5,10 @@
 - ``flowctl bench`` runs the caching benchmark and writes its tables, plot and image grid;
 - ``flowctl cache list|inspect|clear`` shows and empties a cache directory.
 
-``--model`` is ``embedded`` (the shipped shapes MMDiT, the default), a local SD3 / SD3.5
-checkpoint directory, or for ``bench`` also ``gmm`` (the exact prompted Gaussian mixture). The
-MMDiT commands live in :mod:`flowctl.adapters.sd3.commands`, imported (with diffusers) only for
-them. Errors on bad input are one line on stderr and exit status 2.
+``--model`` is ``embedded`` (the shipped shapes MMDiT, the default), a local checkpoint directory
+of a model family an installed adapter registers (:mod:`flowctl.families`; SD3 / SD3.5 with
+flowctl's own), or for ``bench`` also ``gmm`` (the exact prompted Gaussian mixture). Errors on
+bad input are one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 
-from .bench.report import markdown, write_outputs
-from .bench.runner import BenchConfig, BenchResult, run_benchmark
+from .bench.command import QUICK, bench_config, report
+from .bench.runner import BenchConfig, run_benchmark
 from .errors import FlowctlError, InvalidArgumentError
-from .errors import MissingDependencyError
+from .families import family_for
 from .transitions import STRATEGY_NAMES
-
-QUICK = dict(steps=12, seeds=2, pairs_per_bucket=1, sweep=(0.3, 0.6), sweep_pairs=1, repeats=1, shooting_iterations=2, components=24, size=16)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,28 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         if args.command == "bench" and args.model == "gmm":
             return _bench_gmm(args)
-        try:
-            from .adapters.sd3.commands import run
-        except ImportError as exc:
-            raise MissingDependencyError(f"the embedded model and SD3 checkpoints need the 'sd3' extra: pip install flowctl[sd3] ({exc})") from None
-        return run(args)
+        return family_for(args.model).run(args)
     except FlowctlError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-
-
-def bench_config(args: argparse.Namespace, defaults: BenchConfig, quick: dict) -> BenchConfig:
-    """The benchmark's settings: ``defaults`` (the model's), ``quick`` over them with --quick,
-    and every option given on the command line over both."""
-    config = replace(defaults, **quick) if args.quick else defaults
-    given = {
-        "steps": args.steps, "seeds": args.seeds, "seed": args.seed, "pairs_per_bucket": args.pairs_per_bucket,
-        "shooting_iterations": args.shooting_iterations, "budget": args.budget, "sweep_pairs": args.sweep_pairs, "repeats": args.repeats,
-        "policy": args.policy,
-        "strategies": None if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-    }
-    config = replace(config, **{k: v for k, v in given.items() if v is not None})
-    return replace(config, pairs_per_bucket=None) if args.all_pairs else config
 
 
 def _bench_gmm(args: argparse.Namespace) -> int:
@@ -159,13 +138,6 @@ def _bench_gmm(args: argparse.Namespace) -> int:
     result = run_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True), persistent=persistent)
     report(result, args.out)
     return 0
-
-
-def report(result: BenchResult, out: str) -> None:
-    """Write the benchmark's files to ``out``, the tables to stdout and the paths to stderr."""
-    paths = write_outputs(result, out)
-    print(markdown(result))
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from flowctl.cache import DiskStore
 from flowctl.bench.pairs import PromptPair
 from flowctl.bench.report import markdown, summary, to_json, write_outputs
 from flowctl.bench.runner import FEWER, NOOP, BenchConfig, run_benchmark
-from flowctl.cli import QUICK, main
+from flowctl.bench.command import QUICK
+from flowctl.cli import main
 from flowctl.text import HashingEncoder
 
 # HashingEncoder similarities are shared-word fractions: these pairs all hit under "nirvana"

@@ -5,7 +5,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from flowctl.adapters.sd3.dynamics import SD3Condition, SD3Dynamics  # noqa: E402
+from flowctl.adapters.sd3.condition import SD3Condition  # noqa: E402
+from flowctl.adapters.sd3.dynamics import SD3Dynamics  # noqa: E402
 from flowctl.adapters.sd3.jacobians import (  # noqa: E402
     ProductCost,
     block_error,

@@ -17,7 +17,8 @@ diffusers is imported only where a pipeline is loaded; the rest works on the obj
 """
 
 from .checkpoint import DTYPES, check_checkpoint, load_pipeline
-from .dynamics import SD3Condition, SD3Dynamics, math_attention, weight_checksum
+from .condition import SD3Condition, weight_checksum
+from .dynamics import SD3Dynamics, math_attention
 from .encoding import SD3PooledEncoder, SD3PromptEncoder, has_text_encoders
 from .errors import (
     CheckpointError,

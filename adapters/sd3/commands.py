@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
 from flowctl.cache import CachedGenerator, CacheStore, get_policy, open_store
-from flowctl.cli import bench_config, report
+from flowctl.bench.command import bench_config, report
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
 from flowctl.text import MiniLMEncoder, TextEncoder
@@ -37,7 +37,8 @@ from flowctl.transitions import STRATEGY_NAMES, Strategy
 from . import embedded
 from .bench import sd3_model
 from .checkpoint import load_pipeline, parse_device, torch_dtype
-from .dynamics import SD3Condition, SD3Dynamics
+from .condition import SD3Condition
+from .dynamics import SD3Dynamics
 from .encoding import SD3PooledEncoder
 from .loop import decode, latent_shape, noise_latents, pipeline_grid, to_pil
 from .strategies import make_strategy

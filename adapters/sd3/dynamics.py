@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -24,10 +23,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
+from .condition import SD3Condition, weight_checksum
+from .encoding import SD3PromptEncoder, has_text_encoders
 from .errors import MissingTextEncoderError
 
-if TYPE_CHECKING:
-    from .encoding import SD3PromptEncoder
 
 
 def math_attention():
@@ -39,88 +38,6 @@ def math_attention():
     sampling stays on the default kernels, which the pipeline uses.
     """
     return sdpa_kernel(SDPBackend.MATH)
-
-
-@dataclass(frozen=True, eq=False)
-class SD3Condition:
-    """One prompt's condition for the MMDiT, with its guidance.
-
-    Attributes:
-        prompt_embeds: (B, T, joint_attention_dim), the joint CLIP + T5 token embeddings.
-        pooled_prompt_embeds: (B, pooled_projection_dim), the pooled CLIP embeddings.
-        negative_prompt_embeds: as ``prompt_embeds``, for the negative prompt; None for no
-            guidance. Unused, as in the pipeline, when ``guidance_scale <= 1``.
-        negative_pooled_prompt_embeds: as ``pooled_prompt_embeds``, for the negative prompt.
-        guidance_scale: classifier-free guidance scale; guidance is on when it is > 1.
-        encoder_hidden_states, pooled_projections: derived, the transformer's text inputs
-            (``[negative, positive]`` concatenated under guidance, as the pipeline does once
-            before its loop).
-
-    All tensors share one dtype and device (the transformer's, when used).
-    """
-
-    prompt_embeds: torch.Tensor
-    pooled_prompt_embeds: torch.Tensor
-    negative_prompt_embeds: torch.Tensor | None = None
-    negative_pooled_prompt_embeds: torch.Tensor | None = None
-    guidance_scale: float = 1.0
-    encoder_hidden_states: torch.Tensor = field(init=False, repr=False)
-    pooled_projections: torch.Tensor = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        pe = check_tensor("prompt_embeds", self.prompt_embeds)
-        pooled = check_tensor("pooled_prompt_embeds", self.pooled_prompt_embeds)
-        if pe.dim() != 3:
-            raise ShapeError("prompt_embeds", f"expected (batch, tokens, dim), got {tuple(pe.shape)}")
-        if pooled.dim() != 2 or pooled.shape[0] != pe.shape[0]:
-            raise ShapeError("pooled_prompt_embeds", f"expected ({pe.shape[0]}, dim), got {tuple(pooled.shape)}")
-        negatives = (self.negative_prompt_embeds, self.negative_pooled_prompt_embeds)
-        if (negatives[0] is None) != (negatives[1] is None):
-            raise InvalidArgumentError("negative_prompt_embeds", "give both negative embeddings or neither")
-        tensors = {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
-        if negatives[0] is not None:
-            for name, neg, pos in zip(("negative_prompt_embeds", "negative_pooled_prompt_embeds"), negatives, (pe, pooled)):
-                if check_tensor(name, neg).shape != pos.shape:
-                    raise ShapeError(name, f"shape {tuple(neg.shape)} does not match the positive one's {tuple(pos.shape)}")
-                tensors[name] = neg
-        for name, t in tensors.items():
-            if t.dtype != pe.dtype or t.device != pe.device:
-                raise InvalidArgumentError(name, f"is {t.dtype} on {t.device}; prompt_embeds is {pe.dtype} on {pe.device}")
-        scale = check_real("guidance_scale", self.guidance_scale)
-        object.__setattr__(self, "guidance_scale", scale)
-        if scale > 1 and negatives[0] is None:
-            raise InvalidArgumentError(
-                "negative_prompt_embeds", f"required for classifier-free guidance (guidance_scale {scale:g} > 1)"
-            )
-        # The pipeline concatenates once, before its loop: [negative, positive].
-        hidden, pooled_in = (torch.cat([negatives[0], pe]), torch.cat([negatives[1], pooled])) if scale > 1 else (pe, pooled)
-        object.__setattr__(self, "encoder_hidden_states", hidden)
-        object.__setattr__(self, "pooled_projections", pooled_in)
-
-    def repeat(self, n: int) -> SD3Condition:
-        """This condition for ``n`` latents per prompt (the pipeline's ``num_images_per_prompt``
-        layout: each prompt's rows repeated ``n`` times in place)."""
-        n = check_int("n", n, minimum=1)
-        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
-        return SD3Condition(rep(self.prompt_embeds), rep(self.pooled_prompt_embeds), rep(self.negative_prompt_embeds),
-                            rep(self.negative_pooled_prompt_embeds), self.guidance_scale)
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance is on (``guidance_scale > 1``, as in the pipeline)."""
-        return self.guidance_scale > 1
-
-    @property
-    def batch(self) -> int:
-        return self.prompt_embeds.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.prompt_embeds.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.prompt_embeds.device
 
 
 class SD3Dynamics:
@@ -157,8 +74,6 @@ class SD3Dynamics:
     ) -> SD3Dynamics:
         """The pipeline's transformer, with prompt encoding through its text encoders when it has
         them (``guidance_scale``, ``negative_prompt``, ``max_sequence_length`` as in ``pipe()``)."""
-        from .encoding import SD3PromptEncoder, has_text_encoders
-
         prompts = (
             SD3PromptEncoder(pipeline, guidance_scale=guidance_scale, negative_prompt=negative_prompt, max_sequence_length=max_sequence_length)
             if has_text_encoders(pipeline) else None
@@ -254,13 +169,3 @@ class SD3Dynamics:
 
     def __repr__(self) -> str:
         return f"SD3Dynamics(name={self.name!r}, dtype={self.dtype}, device={self.device})"
-
-
-def weight_checksum(module: torch.nn.Module) -> str:
-    """BLAKE2b (16 hex digits) over the names, shapes, dtypes and bytes of a module's state."""
-    h = hashlib.blake2b(digest_size=8)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-            h.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
-    return h.hexdigest()

@@ -21,7 +21,7 @@ from flowctl._checks import check_int, check_real
 from flowctl.errors import InvalidArgumentError
 from flowctl.text import MiniLMEncoder, check_prompts
 
-from .dynamics import SD3Condition, weight_checksum
+from .condition import SD3Condition, weight_checksum
 from .errors import MissingTextEncoderError
 
 CLIP_PARTS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
