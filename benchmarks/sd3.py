@@ -55,7 +55,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from flowctl.adapters.sd3.dynamics import SD3Condition, SD3Dynamics  # noqa: E402
+from flowctl.adapters.sd3.condition import SD3Condition  # noqa: E402
+from flowctl.adapters.sd3.dynamics import SD3Dynamics  # noqa: E402
 from flowctl.adapters.sd3.jacobians import (  # noqa: E402
     block_error,
     coloured_diagonal,
