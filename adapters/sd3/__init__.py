@@ -28,10 +28,14 @@ from .errors import (
     NotSD3CheckpointError,
     UnsupportedSchedulerError,
 )
+from .recording import TrajectoryRecorder, identity_shift, resume_kwargs
 from .loop import calculate_shift, decode, denoise, latent_shape, noise_latents, pipeline_grid, scheduler_grid, to_pil, to_uint8
 from .strategies import STRATEGY_NAMES, MathAttention, make_strategy
 
 __all__ = [
+    "TrajectoryRecorder",
+    "identity_shift",
+    "resume_kwargs",
     "SD3Condition",
     "SD3Dynamics",
     "math_attention",
