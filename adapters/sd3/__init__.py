@@ -33,6 +33,7 @@ from .loop import calculate_shift, decode, denoise, latent_shape, noise_latents,
 from .strategies import STRATEGY_NAMES, MathAttention, make_strategy
 
 __all__ = [
+    "CachedStableDiffusion3Pipeline",
     "TrajectoryRecorder",
     "identity_shift",
     "resume_kwargs",
@@ -65,3 +66,12 @@ __all__ = [
     "MissingTextEncoderError",
     "UnsupportedSchedulerError",
 ]
+
+
+def __getattr__(name: str):
+    # The cached pipeline subclasses diffusers' output class: imported (with diffusers) on first use.
+    if name == "CachedStableDiffusion3Pipeline":
+        from .pipeline import CachedStableDiffusion3Pipeline
+
+        return CachedStableDiffusion3Pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,6 +87,17 @@ class TrajectoryRecorder:
         return CacheEntry(key, prompt, embedding, states, noise, namespace=namespace)
 
 
+    def row_entry(self, row: int, *, key: CacheKey, prompt: str, embedding: torch.Tensor, noise: torch.Tensor, namespace: str = "default") -> CacheEntry:
+        """Row ``row`` of a batched run as a cache entry under ``key`` (its noise: ``noise``,
+        that row's latents at step 0)."""
+        if self.grid is None or not torch.equal(self.grid.values, _key_grid_values(key)):
+            raise InvalidArgumentError("key", "does not describe the recorded run's grid")
+        states = {k: x[row : row + 1] for k, x in self.states.items()}
+        if 0 in self.steps:
+            states[0] = noise
+        return CacheEntry(key, prompt, embedding, states, noise, namespace=namespace)
+
+
 @contextlib.contextmanager
 def identity_shift(pipeline: Any) -> Iterator[Any]:
     """Within the block, the pipeline's scheduler uses the sigmas it is given as they are (the
@@ -110,3 +121,7 @@ def resume_kwargs(entry: CacheEntry, step: int) -> dict[str, Any]:
     point = entry.resume_point(step)  # checks the step is cached
     sigmas = point.grid.values[step:-1]
     return {"latents": point.state.clone(), "sigmas": sigmas.cpu().tolist(), "num_inference_steps": len(sigmas)}
+
+
+def _key_grid_values(key: CacheKey) -> torch.Tensor:
+    return SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps).values
