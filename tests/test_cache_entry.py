@@ -184,3 +184,14 @@ def test_an_entry_of_another_grid_is_refused(run):
     with pytest.raises(InvalidArgumentError) as info:
         CacheEntry.from_trajectory(full, key=other, prompt="a red cube", embedding=torch.ones(4), steps=[3])
     assert info.value.argument == "key"
+
+
+def test_the_key_keeps_the_grids_own_sigmas():
+    flux_like = SigmaGrid(torch.tensor([1.0, 0.75, 0.5, 0.0]), shift=1.0, mu=0.9)  # not what create() makes
+    key = CacheKey.for_grid("flux", flux_like, shape=SHAPE, dtype="float32")
+    assert key.sigmas == (1.0, 0.75, 0.5, 0.0) and key != CacheKey("flux", 3, 1.0, 0.9, 0.0, "euler", SHAPE, "float32")
+    assert CacheKey.from_json(key.to_json()) == key
+    older = {k: v for k, v in KEY.to_json().items() if k != "sigmas"}  # keys written before sigmas were kept
+    assert CacheKey.from_json(older) == KEY
+    with pytest.raises(InvalidArgumentError, match="sigmas"):
+        CacheKey("m", 3, 1.0, None, 0.0, "euler", SHAPE, "float32", sigmas=(1.0, 0.5, 0.6, 0.0))

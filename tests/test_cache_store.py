@@ -188,7 +188,7 @@ def test_entries_never_match_under_another_key(change):
     entry = make_entry(1)
     store.put(entry)
     assert store.nearest(entry.embedding, KEY).entry_id == entry.entry_id
-    assert store.nearest(entry.embedding, dataclasses.replace(KEY, **change)) is None
+    assert store.nearest(entry.embedding, dataclasses.replace(KEY, sigmas=None, **change)) is None
 
 
 def test_namespaces_isolate_unless_crossed_explicitly():

@@ -90,7 +90,7 @@ class TrajectoryRecorder:
     def row_entry(self, row: int, *, key: CacheKey, prompt: str, embedding: torch.Tensor, noise: torch.Tensor, namespace: str = "default") -> CacheEntry:
         """Row ``row`` of a batched run as a cache entry under ``key`` (its noise: ``noise``,
         that row's latents at step 0)."""
-        if self.grid is None or not torch.equal(self.grid.values, _key_grid_values(key)):
+        if self.grid is None or tuple(self.grid.values.tolist()) != key.sigmas:
             raise InvalidArgumentError("key", "does not describe the recorded run's grid")
         states = {k: x[row : row + 1] for k, x in self.states.items()}
         if 0 in self.steps:
@@ -122,6 +122,3 @@ def resume_kwargs(entry: CacheEntry, step: int) -> dict[str, Any]:
     sigmas = point.grid.values[step:-1]
     return {"latents": point.state.clone(), "sigmas": sigmas.cpu().tolist(), "num_inference_steps": len(sigmas)}
 
-
-def _key_grid_values(key: CacheKey) -> torch.Tensor:
-    return SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps).values

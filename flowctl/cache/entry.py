@@ -51,6 +51,9 @@ class CacheKey:
         num_train_timesteps: the scheduler's training timesteps.
         encoder: name of the text encoder of the entries' similarity embeddings (embeddings of
             different encoders are not comparable, whatever their sizes).
+        sigmas: the grid's sigmas, 1 down to 0 (``steps + 1`` of them): what the settings above
+            produce for the pipeline's scheduler (SD3's ``set_timesteps(steps)``, or FLUX's
+            custom ``linspace`` sigmas); None takes SD3's, ``SigmaGrid.create``'s.
     """
 
     model: str
@@ -64,6 +67,7 @@ class CacheKey:
     time_shift: str = "exponential"
     num_train_timesteps: int = 1000
     encoder: str = ""
+    sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -87,6 +91,16 @@ class CacheKey:
         set_(self, "num_train_timesteps", check_int("num_train_timesteps", self.num_train_timesteps, minimum=1))
         if not isinstance(self.encoder, str):
             raise InvalidArgumentError("encoder", f"expected the encoder's name, got {self.encoder!r}")
+        if self.sigmas is None:
+            sigmas = SigmaGrid.create(self.steps, self.shift, mu=self.mu, time_shift=self.time_shift, num_train_timesteps=self.num_train_timesteps).values
+            set_(self, "sigmas", tuple(sigmas.tolist()))
+        elif isinstance(self.sigmas, (str, bytes)) or not isinstance(self.sigmas, Iterable):
+            raise InvalidArgumentError("sigmas", f"expected the grid's sigmas, got {self.sigmas!r}")
+        else:
+            values = tuple(check_real("sigmas", v) for v in self.sigmas)
+            if len(values) != self.steps + 1 or values[-1] != 0 or any(a <= b for a, b in zip(values, values[1:])):
+                raise InvalidArgumentError("sigmas", f"expected {self.steps + 1} sigmas descending to 0, got {values}")
+            set_(self, "sigmas", values)
 
     @classmethod
     def for_grid(
@@ -104,7 +118,8 @@ class CacheKey:
         timesteps)."""
         if not isinstance(grid, SigmaGrid):
             raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps, encoder)
+        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps, encoder,
+                   tuple(grid.values.cpu().tolist()))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -112,13 +127,14 @@ class CacheKey:
 
     def to_json(self) -> dict[str, Any]:
         """The key as a JSON-ready dict (:meth:`from_json` inverts it)."""
-        return {**dataclasses.asdict(self), "shape": list(self.shape)}
+        return {**dataclasses.asdict(self), "shape": list(self.shape), "sigmas": list(self.sigmas)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CacheKey:
         names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(data, dict) or set(data) != names:
-            raise InvalidArgumentError("data", f"expected a dict with exactly the fields {sorted(names)}, got {data!r}")
+        # keys written before sigmas were kept have none: SD3's grid, which they all used
+        if not isinstance(data, dict) or not names - {"sigmas"} <= set(data) <= names:
+            raise InvalidArgumentError("data", f"expected a dict with the fields {sorted(names)}, got {data!r}")
         return cls(**data)
 
 
@@ -294,7 +310,8 @@ class CacheEntry:
 
 
 def _key_grid(key: CacheKey, device: torch.device | str | None = None) -> SigmaGrid:
-    return SigmaGrid.create(key.steps, key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps, device=device)
+    values = torch.tensor(key.sigmas, dtype=torch.float32, device=device)
+    return SigmaGrid(values, shift=key.shift, mu=key.mu, time_shift=key.time_shift, num_train_timesteps=key.num_train_timesteps)
 
 
 def _replaced(obj: Any, **changes: Any) -> Any:
