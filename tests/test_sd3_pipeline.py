@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from flowctl.adapters.sd3.errors import MissingTextEncoderError  # noqa: E402
+from flowctl.adapters.common import MissingTextEncoderError  # noqa: E402
 from flowctl.adapters.sd3.pipeline import CachedStableDiffusion3Pipeline  # noqa: E402
 from flowctl.cache import CacheStore, DiskStore  # noqa: E402
 from flowctl.errors import InvalidArgumentError  # noqa: E402

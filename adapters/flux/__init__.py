@@ -12,17 +12,17 @@
 
 Sigma = 1 is noise, 0 is data; the scheduler's timestep is ``sigma * 1000`` and the transformer
 gets ``timestep / 1000``. diffusers is never imported here; the functions work on the objects
-given. Errors are flowctl's and the SD3 adapter's (``MissingTextEncoderError``,
-``UnsupportedSchedulerError``).
+given. Errors are flowctl's and those the model families share (``MissingTextEncoderError``,
+``UnsupportedSchedulerError``, in :mod:`flowctl.adapters.common`).
 """
 
-from flowctl.adapters.sd3 import MissingTextEncoderError, UnsupportedSchedulerError
+from flowctl.adapters.common import MissingTextEncoderError, UnsupportedSchedulerError, math_attention, noise_latents
 
 from .condition import FluxCondition
-from .dynamics import FluxDynamics, math_attention
+from .dynamics import FluxDynamics
 from .encoding import FluxPromptEncoder, has_text_encoders
 from .latents import latent_image_ids, pack_latents, unpack_latents
-from .loop import calculate_shift, denoise, flux_grid, flux_sigmas, latent_shape, noise_latents, pipeline_grid
+from .loop import calculate_shift, denoise, flux_grid, flux_sigmas, latent_shape, pipeline_grid
 
 __all__ = [
     "FluxCondition",

@@ -32,7 +32,7 @@ import torch
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from flowctl.adapters.sd3 import MissingTextEncoderError, math_attention, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, weight_checksum
 
 from .condition import FluxCondition
 from .encoding import FluxPromptEncoder, has_text_encoders
@@ -212,21 +212,10 @@ class FluxDynamics:
             raise ShapeError("x", f"expected unpacked latents (batch, {channels}, height, width), got {tuple(x.shape)}")
         if x.shape[2] % 2 or x.shape[3] % 2:
             raise ShapeError("x", f"latent height and width must be even (2x2 patches), got {tuple(x.shape[2:])}")
-        if x.dtype != self.dtype:
-            raise InvalidArgumentError("x", f"dtype {x.dtype} is not the transformer's {self.dtype}")
-        if x.device != self.device:
-            raise InvalidArgumentError("x", f"is on {x.device}, the transformer on {self.device}")
+        check_on_transformer(x, self.transformer)
 
     def _check_condition(self, cond: FluxCondition, batch: int) -> None:
-        config = self.transformer.config
-        if cond.batch != batch:
-            raise ShapeError("cond", f"has {cond.batch} prompt(s) for a batch of {batch} latents")
-        if cond.prompt_embeds.shape[2] != config.joint_attention_dim:
-            raise ShapeError("cond", f"prompt_embeds have dim {cond.prompt_embeds.shape[2]}, the model {config.joint_attention_dim}")
-        if cond.pooled_prompt_embeds.shape[1] != config.pooled_projection_dim:
-            raise ShapeError("cond", f"pooled_prompt_embeds have dim {cond.pooled_prompt_embeds.shape[1]}, the model {config.pooled_projection_dim}")
-        if cond.dtype != self.dtype or cond.device != self.device:
-            raise InvalidArgumentError("cond", f"embeddings are {cond.dtype} on {cond.device}, the transformer {self.dtype} on {self.device}")
+        check_text_condition(cond, batch, self.transformer)
 
     def __repr__(self) -> str:
         return (f"FluxDynamics(name={self.name!r}, guidance_scale={self.guidance_scale!r}, "

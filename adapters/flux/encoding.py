@@ -11,7 +11,7 @@ from flowctl._checks import check_int
 from flowctl.errors import InvalidArgumentError
 from flowctl.text import check_prompts
 
-from flowctl.adapters.sd3 import MissingTextEncoderError
+from flowctl.adapters.common import MissingTextEncoderError
 
 from .condition import FluxCondition
 

@@ -37,7 +37,7 @@ from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 from flowctl.sampling.grid import TIME_SHIFTS
 
-from flowctl.adapters.sd3 import UnsupportedSchedulerError
+from flowctl.adapters.common import UnsupportedSchedulerError
 
 UNSUPPORTED = (
     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal",
@@ -161,18 +161,6 @@ def latent_shape(pipeline: Any, height: int | None = None, width: int | None = N
             raise InvalidArgumentError(name, f"must be a multiple of {2 * scale} (2 x the VAE's scale factor), got {value}")
         sizes[name] = value // scale
     return (check_int("batch", batch, minimum=1), pipeline.transformer.config.in_channels // 4, sizes["height"], sizes["width"])
-
-
-def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard normal UNPACKED latents (B, C, H, W) drawn on the CPU from
-    ``torch.Generator().manual_seed(seed)`` in ``dtype`` and moved to ``device``, as
-    ``FluxPipeline.prepare_latents`` draws them (before it packs them) from
-    ``generator=torch.Generator().manual_seed(seed)``; and the generator's state before the draw."""
-    if len(shape) != 4:
-        raise ShapeError("shape", f"expected unpacked latents (batch, channels, height, width), got {tuple(shape)}")
-    generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
-    state = generator.get_state()
-    return torch.randn(shape, generator=generator, dtype=dtype).to(device), state
 
 
 def denoise(

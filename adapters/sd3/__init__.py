@@ -17,19 +17,19 @@ diffusers is imported only where a pipeline is loaded; the rest works on the obj
 """
 
 from .checkpoint import DTYPES, check_checkpoint, load_pipeline
-from .condition import SD3Condition, weight_checksum
-from .dynamics import SD3Dynamics, math_attention
+from flowctl.adapters.common import MissingTextEncoderError, UnsupportedSchedulerError, math_attention, noise_latents, weight_checksum
+
+from .condition import SD3Condition
+from .dynamics import SD3Dynamics
 from .encoding import SD3PooledEncoder, SD3PromptEncoder, has_text_encoders
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
     DeviceMemoryError,
-    MissingTextEncoderError,
     NotSD3CheckpointError,
-    UnsupportedSchedulerError,
 )
 from .recording import TrajectoryRecorder, identity_shift, resume_kwargs
-from .loop import calculate_shift, decode, denoise, latent_shape, noise_latents, pipeline_grid, scheduler_grid, to_pil, to_uint8
+from .loop import calculate_shift, decode, denoise, latent_shape, pipeline_grid, scheduler_grid, to_pil, to_uint8
 from .strategies import STRATEGY_NAMES, MathAttention, make_strategy
 
 __all__ = [

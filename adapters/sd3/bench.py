@@ -18,8 +18,10 @@ from flowctl.bench.runner import BenchModel
 from flowctl.jacobians import ColouredJacobian
 from flowctl.sampling import SigmaGrid
 
-from .dynamics import SD3Dynamics, math_attention
-from .loop import decode, latent_shape, noise_latents, pipeline_grid
+from flowctl.adapters.common import math_attention, noise_latents
+
+from .dynamics import SD3Dynamics
+from .loop import decode, latent_shape, pipeline_grid
 
 
 class _PerSeed:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
 from flowctl.cache import CachedGenerator, CacheStore, get_policy, open_store
 from flowctl.bench.command import bench_config, report
+from flowctl.adapters.common import noise_latents
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
 from flowctl.text import MiniLMEncoder, TextEncoder
@@ -40,7 +41,7 @@ from .checkpoint import load_pipeline, parse_device, torch_dtype
 from .condition import SD3Condition
 from .dynamics import SD3Dynamics
 from .encoding import SD3PooledEncoder
-from .loop import decode, latent_shape, noise_latents, pipeline_grid, to_pil
+from .loop import decode, latent_shape, pipeline_grid, to_pil
 from .strategies import make_strategy
 
 CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale

@@ -3,7 +3,6 @@ that names a model in fingerprints."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -92,13 +91,3 @@ class SD3Condition:
     @property
     def device(self) -> torch.device:
         return self.prompt_embeds.device
-
-
-def weight_checksum(module: torch.nn.Module) -> str:
-    """BLAKE2b (16 hex digits) over the names, shapes, dtypes and bytes of a module's state."""
-    h = hashlib.blake2b(digest_size=8)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-            h.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
-    return h.hexdigest()

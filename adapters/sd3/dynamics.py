@@ -18,26 +18,15 @@ import json
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from .condition import SD3Condition, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, weight_checksum
+
+from .condition import SD3Condition
 from .encoding import SD3PromptEncoder, has_text_encoders
-from .errors import MissingTextEncoderError
 
-
-
-def math_attention():
-    """A context in which scaled-dot-product attention uses the MATH kernel.
-
-    Forward-mode AD (``torch.func.jvp``) and double backward through the MMDiT fail with the
-    default CPU kernel (and the flash / memory-efficient CUDA ones); the MATH kernel is plain
-    differentiable torch. Run derivative-based strategies (shooting, MPC) inside it; plain
-    sampling stays on the default kernels, which the pipeline uses.
-    """
-    return sdpa_kernel(SDPBackend.MATH)
 
 
 class SD3Dynamics:
@@ -151,21 +140,10 @@ class SD3Dynamics:
             raise ShapeError("x", f"height and width must be multiples of the patch size {patch}, got {tuple(x.shape[2:])}")
         if limit is not None and max(x.shape[2], x.shape[3]) // patch > limit:
             raise ShapeError("x", f"at most {limit * patch} latent pixels a side, got {tuple(x.shape[2:])}")
-        if x.dtype != self.dtype:
-            raise InvalidArgumentError("x", f"dtype {x.dtype} is not the transformer's {self.dtype}")
-        if x.device != self.device:
-            raise InvalidArgumentError("x", f"is on {x.device}, the transformer on {self.device}")
+        check_on_transformer(x, self.transformer)
 
     def _check_condition(self, cond: SD3Condition, batch: int) -> None:
-        config = self.transformer.config
-        if cond.batch != batch:
-            raise ShapeError("cond", f"has {cond.batch} prompt(s) for a batch of {batch} latents")
-        if cond.prompt_embeds.shape[2] != config.joint_attention_dim:
-            raise ShapeError("cond", f"prompt_embeds have dim {cond.prompt_embeds.shape[2]}, the model {config.joint_attention_dim}")
-        if cond.pooled_prompt_embeds.shape[1] != config.pooled_projection_dim:
-            raise ShapeError("cond", f"pooled_prompt_embeds have dim {cond.pooled_prompt_embeds.shape[1]}, the model {config.pooled_projection_dim}")
-        if cond.dtype != self.dtype or cond.device != self.device:
-            raise InvalidArgumentError("cond", f"embeddings are {cond.dtype} on {cond.device}, the transformer {self.dtype} on {self.device}")
+        check_text_condition(cond, batch, self.transformer)
 
     def __repr__(self) -> str:
         return f"SD3Dynamics(name={self.name!r}, dtype={self.dtype}, device={self.device})"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from flowctl.adapters.common import noise_latents
 from flowctl.bench.runner import BenchModel
 from flowctl.data.attributes import AttributeClassifier
 from flowctl.data.prompts import parse_prompt
@@ -31,7 +32,6 @@ from flowctl.text import MiniLMEncoder
 from .bench import mmdit_model
 from .dynamics import SD3Dynamics
 from .encoding import MiniLMPromptEncoder
-from .loop import noise_latents
 
 WEIGHTS = Path(__file__).with_name("shapes_mmdit")
 NAME = "flowctl-shapes-mmdit"

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from flowctl.adapters.common import MissingTextEncoderError, weight_checksum
 from flowctl._checks import check_int, check_real
 from flowctl.errors import InvalidArgumentError
 from flowctl.text import MiniLMEncoder, check_prompts
 
-from .condition import SD3Condition, weight_checksum
-from .errors import MissingTextEncoderError
+from .condition import SD3Condition
 
 CLIP_PARTS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2")
 

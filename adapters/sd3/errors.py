@@ -5,17 +5,6 @@ from __future__ import annotations
 from flowctl.errors import FlowctlError
 
 
-class MissingTextEncoderError(FlowctlError):
-    """A prompt was given as text, but the pipeline was loaded without its CLIP text encoders
-    and tokenizers: pass the embeddings (an :class:`SD3Condition`) instead."""
-
-
-class UnsupportedSchedulerError(FlowctlError):
-    """The pipeline's scheduler is not a FlowMatchEulerDiscreteScheduler, or uses an option the
-    adapter's sigma grid does not reproduce (Karras, exponential or beta sigmas, a shift
-    terminal, inverted sigmas, stochastic sampling)."""
-
-
 class CheckpointError(FlowctlError):
     """A checkpoint directory could not be loaded."""
 

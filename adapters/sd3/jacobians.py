@@ -43,7 +43,7 @@ from flowctl.dynamics import NFECounter
 from flowctl.errors import InvalidArgumentError, ShapeError, UnknownNameError
 from flowctl.jacobians import ColouredJacobian, DiagonalJacobian, JacobianEstimate
 
-from .dynamics import math_attention
+from flowctl.adapters.common import math_attention
 
 __all__ = [
     "MathAttentionEstimator",

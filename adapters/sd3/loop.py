@@ -37,7 +37,7 @@ from flowctl.dynamics import Dynamics
 from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 
-from .errors import UnsupportedSchedulerError
+from flowctl.adapters.common import UnsupportedSchedulerError
 
 UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal", "stochastic_sampling")
 """Scheduler options the adapter's grid does not reproduce."""
@@ -125,15 +125,6 @@ def latent_shape(pipeline: Any, height: int | None = None, width: int | None = N
             raise InvalidArgumentError(name, f"must be a multiple of {scale * patch} (VAE scale x patch size), got {value}")
         sizes[name] = value // scale
     return (check_int("batch", batch, minimum=1), pipeline.transformer.config.in_channels, sizes["height"], sizes["width"])
-
-
-def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard normal latents drawn on the CPU from ``torch.Generator().manual_seed(seed)`` in
-    ``dtype`` and moved to ``device``, as ``pipe(generator=torch.Generator().manual_seed(seed))``
-    draws them; and the generator's state before the draw (a cache entry keeps it)."""
-    generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
-    state = generator.get_state()
-    return torch.randn(shape, generator=generator, dtype=dtype).to(device), state
 
 
 def denoise(

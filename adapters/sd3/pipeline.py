@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 
+from flowctl.adapters.common import MissingTextEncoderError
 from flowctl.cache import SEED_POLICY, CachedGenerator, CachePolicy, CacheStore, PersistentStore
 from flowctl.errors import InvalidArgumentError
 from flowctl.text import TextEncoder
 
 from .dynamics import SD3Dynamics
 from .encoding import SD3PooledEncoder, has_text_encoders
-from .errors import MissingTextEncoderError
 from .loop import pipeline_grid
 from .recording import TrajectoryRecorder
 from .strategies import STRATEGY_NAMES, make_strategy

@@ -14,7 +14,7 @@ from flowctl.jacobians import ColouredJacobian
 from flowctl.transitions import STRATEGY_NAMES, Strategy, TransitionRequest, TransitionResult
 from flowctl.transitions import make_strategy as make_flowctl_strategy
 
-from .dynamics import math_attention
+from flowctl.adapters.common import math_attention
 
 __all__ = ["STRATEGY_NAMES", "MathAttention", "make_strategy"]
 

@@ -1,0 +1,81 @@
+"""What the diffusers model families share: derivatives through attention, a model's weight
+checksum, their typed errors, the checks of a text condition and of latents against the
+transformer, and the latent noise as diffusers' pipelines draw it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from flowctl._checks import check_int
+from flowctl.errors import FlowctlError, InvalidArgumentError, ShapeError
+
+
+class MissingTextEncoderError(FlowctlError):
+    """A prompt was given as text, but the pipeline was loaded without its CLIP text encoders
+    and tokenizers: pass the embeddings (an :class:`SD3Condition`) instead."""
+
+
+class UnsupportedSchedulerError(FlowctlError):
+    """The pipeline's scheduler is not a FlowMatchEulerDiscreteScheduler, or uses an option the
+    adapter's sigma grid does not reproduce (Karras, exponential or beta sigmas, a shift
+    terminal, inverted sigmas, stochastic sampling)."""
+
+
+def math_attention():
+    """A context in which scaled-dot-product attention uses the MATH kernel.
+
+    Forward-mode AD (``torch.func.jvp``) and double backward through the MMDiT fail with the
+    default CPU kernel (and the flash / memory-efficient CUDA ones); the MATH kernel is plain
+    differentiable torch. Run derivative-based strategies (shooting, MPC) inside it; plain
+    sampling stays on the default kernels, which the pipeline uses.
+    """
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def weight_checksum(module: torch.nn.Module) -> str:
+    """BLAKE2b (16 hex digits) over the names, shapes, dtypes and bytes of a module's state."""
+    h = hashlib.blake2b(digest_size=8)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            h.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def check_text_condition(cond: Any, batch: int, transformer: Any) -> None:
+    """``cond`` (prompt and pooled embeddings, ``batch``, ``dtype``, ``device``) fits
+    ``transformer``'s text inputs and a batch of ``batch`` latents."""
+    config = transformer.config
+    if cond.batch != batch:
+        raise ShapeError("cond", f"has {cond.batch} prompt(s) for a batch of {batch} latents")
+    if cond.prompt_embeds.shape[2] != config.joint_attention_dim:
+        raise ShapeError("cond", f"prompt_embeds have dim {cond.prompt_embeds.shape[2]}, the model {config.joint_attention_dim}")
+    if cond.pooled_prompt_embeds.shape[1] != config.pooled_projection_dim:
+        raise ShapeError("cond", f"pooled_prompt_embeds have dim {cond.pooled_prompt_embeds.shape[1]}, the model {config.pooled_projection_dim}")
+    if cond.dtype != transformer.dtype or cond.device != transformer.device:
+        raise InvalidArgumentError("cond", f"embeddings are {cond.dtype} on {cond.device}, the transformer {transformer.dtype} on {transformer.device}")
+
+
+def check_on_transformer(x: torch.Tensor, transformer: Any) -> None:
+    """``x`` is in ``transformer``'s dtype and on its device."""
+    if x.dtype != transformer.dtype:
+        raise InvalidArgumentError("x", f"dtype {x.dtype} is not the transformer's {transformer.dtype}")
+    if x.device != transformer.device:
+        raise InvalidArgumentError("x", f"is on {x.device}, the transformer on {transformer.device}")
+
+
+def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard normal (B, C, H, W) latents drawn on the CPU from
+    ``torch.Generator().manual_seed(seed)`` in ``dtype`` and moved to ``device``, as the SD3 and
+    FLUX pipelines draw them (FLUX before packing them) from
+    ``generator=torch.Generator().manual_seed(seed)``; and the generator's state before the draw
+    (a cache entry keeps it)."""
+    if len(shape) != 4:
+        raise ShapeError("shape", f"expected latents (batch, channels, height, width), got {tuple(shape)}")
+    generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+    state = generator.get_state()
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device), state
