@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flowctl._checks import check_int
 from flowctl.errors import FlowctlError, InvalidArgumentError, ShapeError
+from flowctl.sampling import SigmaGrid
 
 
 class MissingTextEncoderError(FlowctlError):
@@ -79,3 +80,12 @@ def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, devi
     generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     state = generator.get_state()
     return torch.randn(shape, generator=generator, dtype=dtype).to(device), state
+
+
+def check_grid_on(grid: object, latents: torch.Tensor) -> None:
+    """``grid`` is a SigmaGrid on the latents' device (so that its step sizes enter the Euler
+    update as the scheduler's do)."""
+    if not isinstance(grid, SigmaGrid):
+        raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
+    if grid.values.device != latents.device:
+        raise InvalidArgumentError("grid", f"is on {grid.values.device}, the latents on {latents.device}; build it with device=latents.device")

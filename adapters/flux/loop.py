@@ -37,7 +37,7 @@ from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 from flowctl.sampling.grid import TIME_SHIFTS
 
-from flowctl.adapters.common import UnsupportedSchedulerError
+from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on
 
 UNSUPPORTED = (
     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal",
@@ -182,8 +182,5 @@ def denoise(
     latents = check_tensor("latents", latents)
     if latents.dim() != 4 or latents.shape[2] % 2 or latents.shape[3] % 2:
         raise ShapeError("latents", f"expected unpacked latents (batch, channels, height, width) of even sides, got {tuple(latents.shape)}")
-    if not isinstance(grid, SigmaGrid):
-        raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-    if grid.values.device != latents.device:
-        raise InvalidArgumentError("grid", f"is on {grid.values.device}, the latents on {latents.device}; build it with device=latents.device")
+    check_grid_on(grid, latents)
     return integrate(dynamics, latents, grid, condition, keep=keep, generator_state=generator_state)

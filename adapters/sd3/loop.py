@@ -37,7 +37,7 @@ from flowctl.dynamics import Dynamics
 from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 
-from flowctl.adapters.common import UnsupportedSchedulerError
+from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on
 
 UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal", "stochastic_sampling")
 """Scheduler options the adapter's grid does not reproduce."""
@@ -144,10 +144,7 @@ def denoise(
     step sizes enter the update as the scheduler's do).
     """
     latents = check_tensor("latents", latents)
-    if not isinstance(grid, SigmaGrid):
-        raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-    if grid.values.device != latents.device:
-        raise InvalidArgumentError("grid", f"is on {grid.values.device}, the latents on {latents.device}; build it with device=latents.device")
+    check_grid_on(grid, latents)
     return integrate(dynamics, latents, grid, condition, keep=keep, generator_state=generator_state)
 
 

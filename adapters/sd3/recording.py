@@ -2,8 +2,8 @@
 step-end callback, and resume a cached state by calling the pipeline again.
 
 The double-shift trap: ``pipe(latents=x_k, sigmas=scheduler.sigmas[k:N])`` does NOT resume a
-run, because ``set_timesteps`` shifts the sigmas it is given again (an error of 0.2 in the
-latents on the tiny test model); passing unshifted sigmas is off by float32 rounding.
+run, because ``set_timesteps`` shifts the sigmas it is given again; passing unshifted sigmas is
+off by float32 rounding.
 :func:`identity_shift` swaps in the same scheduler with ``shift=1`` and no dynamic shifting, so
 the already-shifted slice :func:`resume_kwargs` passes is used as it is: the continuation then
 equals the uninterrupted run bit for bit (same prompt), or flowctl's direct switch (another
