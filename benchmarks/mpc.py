@@ -67,7 +67,7 @@ from flowctl.mpc.casadi_backend import CasadiQPBackend, CasadiQPOptions
 from flowctl.mpc.examples import quadcopter
 from flowctl.mpc.osqp_backend import OSQPBackend, OSQPOptions
 from flowctl.mpc.problem import Linearisation, MPCConfig
-from flowctl.mpc.qp_matrices import QPLayout, StepNumbers
+from flowctl.mpc.qp_layout import QPLayout, StepNumbers
 from flowctl.mpc.structured import StructuredBackend, StructuredOptions
 
 torch.set_num_threads(1)

@@ -17,12 +17,10 @@ from flowctl.mpc.casadi_backend import CasadiQPBackend, CasadiQPOptions
 from flowctl.mpc.examples import quadcopter
 from flowctl.mpc.osqp_backend import OSQPBackend, OSQPOptions
 from flowctl.mpc.problem import Linearisation, MPCConfig, objective, predict
-from flowctl.mpc.qp_matrices import (
-    QPLayout,
-    all_finite,
-    csc_from_triplets,
-    make_solution,
-)
+from flowctl.mpc.qp_layout import QPLayout, all_finite, csc_from_triplets
+from flowctl.mpc.qp_prediction import prediction_matrix
+from flowctl.mpc import qp_prediction
+from flowctl.mpc.sparse_backend import make_solution
 from flowctl.ocp.problem import SolverError, SolveStatus
 
 BACKENDS = {"osqp": OSQPBackend, "casadi": CasadiQPBackend}
@@ -368,20 +366,20 @@ def test_prediction_matrix_is_the_recursion(nx, nu, np_, nc, seed):
     layout = QPLayout(config, "dense", None, bounds_as_rows=True)
     x0, u = t64(rng.normal(size=nx)), t64(rng.normal(size=(nc, nu)))
     d = layout.numbers(lin, x0, torch.zeros(np_, nx, dtype=torch.float64), torch.zeros(nu, dtype=torch.float64))
-    matrix = layout.prediction_matrix(d.a, d.b)
+    matrix = prediction_matrix(layout, d.a, d.b)
     assert matrix.shape == (np_ * nx, nx + nc * nu + np_ * nx)
     expected = predict(lin, x0, u).numpy()
-    np.testing.assert_allclose(layout.predict(d, u.numpy()), expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layout.predict(d, u.numpy(), matrix), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(qp_prediction.predict(layout, d, u.numpy()), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(qp_prediction.predict(layout, d, u.numpy(), matrix), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_prediction_matrix_only_for_small_dense_problems():
     config, lin, *_ = structured_problem("diagonal", np.random.default_rng(0))
     layout = QPLayout(config, "diagonal", None, bounds_as_rows=True)
-    assert layout.prediction_matrix(lin.a.numpy(), lin.b.numpy()) is None
+    assert prediction_matrix(layout, lin.a.numpy(), lin.b.numpy()) is None
     big = MPCConfig(nx=60, nu=60, horizon=10)
     layout = QPLayout(big, "dense", None, bounds_as_rows=True)
-    assert layout.prediction_matrix(np.zeros((10, 60, 60)), np.zeros((10, 60, 60))) is None
+    assert prediction_matrix(layout, np.zeros((10, 60, 60)), np.zeros((10, 60, 60))) is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The MPC QP solved through CasADi's ``conic`` interface (plugins osqp, qrqp, qpoases, highs).
 
 The same QP as :mod:`flowctl.mpc.osqp_backend` (pattern from
-:class:`flowctl.mpc.qp_matrices.QPLayout`), with the box bounds passed as CasADi's simple bounds
+:class:`flowctl.mpc.qp_layout.QPLayout`), with the box bounds passed as CasADi's simple bounds
 ``lbx, ubx`` instead of rows of A. ``build()`` creates the conic solver once on the fixed
 sparsity of H and A; each ``solve()`` passes the numbers ``h, g, a, lba, uba, lbx, ubx`` (and,
 with warm start, the previous primal and dual solution).
@@ -28,7 +28,8 @@ from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
 from .problem import Linearisation, MPCSolution
 from .osqp_backend import OSQPOptions
-from .qp_matrices import QPLayout, SparseQPBackend, make_solution
+from .qp_layout import QPLayout
+from .sparse_backend import SparseQPBackend, make_solution
 
 PLUGINS = ("osqp", "qrqp", "qpoases", "highs")
 

@@ -1,6 +1,6 @@
 """The MPC QP solved by OSQP (osqp >= 1.0), pattern fixed at build, numbers updated per step.
 
-``build()`` assembles the QP's sparsity pattern once (:class:`flowctl.mpc.qp_matrices.QPLayout`)
+``build()`` assembles the QP's sparsity pattern once (:class:`flowctl.mpc.qp_layout.QPLayout`)
 and sets OSQP up; ``solve()`` checks the step's data, and when A_i, B_i differ from the last
 step's (compared bit for bit, so a change made in place is seen) checks them (finite, inside the
 ``pattern`` if one was given) and writes them into A's value array with one precomputed
@@ -8,7 +8,7 @@ scatter; it checks every update's length itself (OSQP only prints on a wrong len
 solves the old problem), updates ``q, l, u`` (and ``Ax`` when the matrices changed: an ``Ax``
 update makes OSQP re-scale and re-factorise), and solves. While A_i, B_i stay the same, the
 predicted states of the solution come from one product with a cached prediction matrix
-(:meth:`flowctl.mpc.qp_matrices.QPLayout.prediction_matrix`, "dense" problems of moderate size).
+(:func:`flowctl.mpc.qp_prediction.prediction_matrix`, "dense" problems of moderate size).
 
 A "dense" backend built with ``pattern=(a_mask, b_mask)`` puts only the mask's entries of A_i,
 B_i in the QP (OSQP's own examples pass only the nonzeros of their matrices); a linearisation
@@ -33,7 +33,9 @@ from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus, finish
 from .problem import Linearisation, MPCSolution
-from .qp_matrices import QPLayout, SparseQPBackend, make_solution
+from .qp_layout import QPLayout
+from .qp_prediction import prediction_matrix
+from .sparse_backend import SparseQPBackend, make_solution
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,14 @@ class OSQPBackend(SparseQPBackend):
 
     Attributes:
         build_time: seconds :meth:`build` took (None before it).
-        layout: the QP's pattern (:class:`flowctl.mpc.qp_matrices.QPLayout`), None before build.
+        layout: the QP's pattern (:class:`flowctl.mpc.qp_layout.QPLayout`), None before build.
     """
 
     options_type = OSQPOptions
 
     _solver: osqp.OSQP | None = None
     _last: tuple[tuple[bytes, bytes], np.ndarray] | None = None  # (a, b) bytes, Ax in OSQP
-    _prediction: np.ndarray | None = None  # layout.prediction_matrix of the A_i, B_i in _last
+    _prediction: np.ndarray | None = None  # prediction_matrix(layout, ...) of the A_i, B_i in _last
 
     def build(self) -> None:
         """Assemble the QP's pattern and set OSQP up (once; a second call rebuilds)."""
@@ -148,7 +150,7 @@ class OSQPBackend(SparseQPBackend):
             layout.check_lengths(last[1], q, lower, upper)
             solver.update(q=q, l=lower, u=upper)
             if self._prediction is None:  # the same A_i, B_i twice: worth the prediction matrix
-                self._prediction = layout.prediction_matrix(a, b)
+                self._prediction = prediction_matrix(layout, a, b)
         else:
             self._prediction = None
             layout.check_matrices(a, b)

@@ -1,4 +1,5 @@
-"""The sparse QP of :mod:`flowctl.mpc.problem`, shared by the OSQP and CasADi backends.
+"""The sparse QP of :mod:`flowctl.mpc.problem`: its fixed pattern and each step's numbers,
+shared by the OSQP and CasADi backends.
 
 Decision variables ``z = (x_1, .., x_Np, u_0, .., u_{Nc-1})`` (n = Np nx + Nc nu). The QP is
 written as OSQP and CasADi's ``conic`` take it::
@@ -37,18 +38,8 @@ import numpy as np
 import torch
 
 from .._checks import check_int
-from ..errors import FlowctlError, InvalidArgumentError, NonFiniteError, ShapeError
-from ..ocp.problem import SolveStatus
-from .problem import (
-    STRUCTURES,
-    Linearisation,
-    MPCConfig,
-    MPCSolution,
-    check_step_data,
-)
-
-MAX_PREDICTION_ENTRIES = 1 << 17
-"""The largest :meth:`QPLayout.prediction_matrix` built (entries; 1 MiB of float64)."""
+from ..errors import InvalidArgumentError, NonFiniteError, ShapeError
+from .problem import STRUCTURES, Linearisation, MPCConfig, check_step_data
 
 
 def check_structure(config: MPCConfig, structure: str, block_size: int | None) -> int | None:
@@ -163,6 +154,19 @@ def _local_pattern(structure: str, nx: int, nu: int, bs: int | None, which: str,
     blk, rem = np.divmod(np.arange(nb * bs * bs), bs * bs)
     r, c = np.divmod(rem, bs)
     return blk * bs + r, blk * bs + c
+
+
+class StepNumbers(NamedTuple):
+    """One step's data as float64 numpy arrays, in the linearisation's layout (a named tuple:
+    cheaper to make than a dataclass on the per-step path)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    x0: np.ndarray
+    reference: np.ndarray
+    u_prev: np.ndarray
+
 
 
 class QPLayout:
@@ -381,69 +385,6 @@ class QPLayout:
         """``(Ax, q, l, u)`` of one step (A_i, B_i as given: see :meth:`check_matrices`)."""
         return (self.matrix_values(d.a, d.b), *self.vectors(d))
 
-    def prediction_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-        """For "dense" A_i, B_i: the matrix M with ``(x_1, .., x_Np) = M (x_0, u_0, .., u_{Nc-1},
-        c_0, .., c_{Np-1})`` (flat), which makes :meth:`predict` one matrix-vector product while
-        A_i, B_i stay the same; None for the other structures, or where M would have more than
-        ``MAX_PREDICTION_ENTRIES`` entries."""
-        cfg = self.config
-        np_, nc, nx, nu = cfg.horizon, cfg.control_horizon, cfg.nx, cfg.nu
-        k = nx + nc * nu + np_ * nx
-        if self.structure != "dense" or np_ * nx * k > MAX_PREDICTION_ENTRIES:
-            return None
-        m = np.zeros((np_, nx, k))
-        prev = np.zeros((nx, k))
-        prev[:, :nx] = np.eye(nx)
-        cu = nx + nc * nu
-        for i in range(np_):
-            cur = m[i]
-            np.matmul(a[i], prev, out=cur)
-            j = min(i, nc - 1)
-            cur[:, nx + j * nu : nx + (j + 1) * nu] += b[i]
-            cur[:, cu + i * nx : cu + (i + 1) * nx] += np.eye(nx)
-            prev = cur
-        return m.reshape(np_ * nx, k)
-
-    def predict(self, d: StepNumbers, controls: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
-        """:func:`flowctl.mpc.problem.predict` in numpy: states (Np + 1, nx) under ``controls``
-        (Nc, nu), the last held to Np (the same recursion, without torch's per-call overhead; or,
-        given ``matrix = prediction_matrix(d.a, d.b)``, one product with it: equal up to rounding)."""
-        cfg = self.config
-        np_, nc, nx = cfg.horizon, controls.shape[0], cfg.nx
-        if matrix is not None:
-            xs = np.empty((np_ + 1, nx))
-            xs[0] = d.x0
-            np.dot(matrix, np.concatenate((d.x0, controls.reshape(-1), d.c.reshape(-1))), out=xs[1:].reshape(-1))
-            return xs
-        held = controls if nc == np_ else controls[np.minimum(np.arange(np_), nc - 1)]  # (Np, nu)
-        if self.structure == "diagonal":
-            w = d.b * held
-        elif self.structure == "dense":
-            w = np.matmul(d.b, held[:, :, None]).reshape(np_, nx)
-        else:
-            bs = self.block_size
-            w = np.matmul(d.b, held.reshape(np_, -1, bs, 1)).reshape(np_, nx)
-        w += d.c
-        xs = np.empty((np_ + 1, nx))
-        xs[0] = x = d.x0
-        # x_{i+1} = A_i x_i + w_i, one step at a time, written into xs in place
-        if self.structure == "diagonal":
-            for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.multiply(ai, x, out=xi)
-                xi += wi
-                x = xi
-        elif self.structure == "dense":
-            for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.dot(ai, x, out=xi)
-                xi += wi
-                x = xi
-        else:
-            for ai, wi, xi in zip(d.a, w, xs[1:]):
-                np.matmul(ai, x.reshape(-1, bs, 1), out=xi.reshape(-1, bs, 1))
-                xi += wi
-                x = xi
-        return xs
-
     def check_lengths(self, ax: np.ndarray, q: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> None:
         """Raise :class:`ShapeError` unless the update arrays fit the pattern built."""
         for name, arr, size in (("Ax", ax, self.nnz_a), ("q", q, self.n), ("l", lower, self.m), ("u", upper, self.m)):
@@ -455,60 +396,3 @@ class QPLayout:
         cfg = self.config
         return np.array(z[self.n_states :], dtype=np.float64).reshape(cfg.control_horizon, cfg.nu)
 
-
-class StepNumbers(NamedTuple):
-    """One step's data as float64 numpy arrays, in the linearisation's layout (a named tuple:
-    cheaper to make than a dataclass on the per-step path)."""
-
-    a: np.ndarray
-    b: np.ndarray
-    c: np.ndarray
-    x0: np.ndarray
-    reference: np.ndarray
-    u_prev: np.ndarray
-
-
-def make_solution(
-    layout: QPLayout, d: StepNumbers, z: np.ndarray, status: SolveStatus, message: str, iterations: int, solve_time: float,
-    prediction: np.ndarray | None = None,
-) -> MPCSolution:
-    """The :class:`MPCSolution` of primal solution ``z``: controls from z, states by
-    :meth:`QPLayout.predict` (with ``prediction``, :meth:`QPLayout.prediction_matrix` of the
-    step's A_i, B_i) (the cost is computed when asked for). A "solved" z holding NaN or Inf is
-    reported FAILED."""
-    if z.shape != (layout.n,):
-        raise FlowctlError(f"the QP solver returned a primal solution of shape {z.shape}, expected ({layout.n},)")
-    if status is SolveStatus.SOLVED and not all_finite(z):
-        status, message = SolveStatus.FAILED, f"{message}; but its primal solution contains NaN or Inf"
-    u = layout.controls(z)
-    controls = torch.from_numpy(u)
-    states = torch.from_numpy(layout.predict(d, u, prediction))
-    reference, u_prev = torch.from_numpy(d.reference), torch.from_numpy(d.u_prev)
-    return MPCSolution(status, controls, states, int(iterations), float(solve_time), message, layout.config, reference, u_prev)
-
-
-class SparseQPBackend:
-    """What the backends solving the assembled sparse QP share: checked set-up arguments.
-
-    Subclasses set ``options_type``; ``options=None`` means its defaults.
-    """
-
-    options_type: type
-
-    def __init__(
-        self, config: MPCConfig, structure: str = "dense", *, block_size: int | None = None,
-        options: object | None = None, pattern: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
-        if not isinstance(config, MPCConfig):
-            raise InvalidArgumentError("config", f"expected an MPCConfig, got {type(config).__name__}")
-        options = self.options_type() if options is None else options
-        if not isinstance(options, self.options_type):
-            raise InvalidArgumentError("options", f"expected {self.options_type.__name__}, got {type(options).__name__}")
-        self.config = config
-        self.structure = structure
-        self.options = options
-        self.block_size = check_structure(config, structure, block_size)
-        check_pattern(config, structure, pattern)
-        self.pattern = pattern
-        self.layout: QPLayout | None = None
-        self.build_time: float | None = None
