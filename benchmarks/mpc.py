@@ -125,9 +125,7 @@ def summarise(methods: dict[str, Setup], plant, x0: np.ndarray, steps: int, repe
 
 QUAD = quadcopter()
 AD, BD = QUAD.ad.numpy(), QUAD.bd.numpy()
-UMIN, UMAX = QUAD.u_lower.numpy(), QUAD.u_upper.numpy()
-XMIN, XMAX = QUAD.x_lower.numpy(), QUAD.x_upper.numpy()
-QDIAG, QNDIAG, RDIAG, XR = QUAD.q.numpy(), QUAD.q_terminal.numpy(), QUAD.r.numpy(), QUAD.reference.numpy()
+XR = QUAD.reference.numpy()
 N = QUAD.horizon
 NX, NU = QUAD.nx, QUAD.nu
 
@@ -149,23 +147,11 @@ def plain_osqp(settings: dict[str, Any]) -> Setup:
     """OSQP's example loop, as its documentation writes it."""
 
     def setup() -> Step:
-        Q = sparse.diags(QDIAG)
-        QN = sparse.diags(QNDIAG)
-        R = sparse.diags(RDIAG)
-        P = sparse.block_diag([sparse.kron(sparse.eye(N), Q), QN, sparse.kron(sparse.eye(N), R)], format="csc")
-        q = np.hstack([np.kron(np.ones(N), -Q @ XR), -QN @ XR, np.zeros(N * NU)])
-        Ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(NX)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
-        Bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, N)), sparse.eye(N)]), sparse.csc_matrix(BD))
-        Aeq = sparse.hstack([Ax, Bu])
-        leq = np.hstack([-QUAD.x0.numpy(), np.zeros(N * NX)])
-        Aineq = sparse.eye((N + 1) * NX + N * NU)
-        lineq = np.hstack([np.kron(np.ones(N + 1), XMIN), np.kron(np.ones(N), UMIN)])
-        uineq = np.hstack([np.kron(np.ones(N + 1), XMAX), np.kron(np.ones(N), UMAX)])
-        A = sparse.vstack([Aeq, Aineq], format="csc")
-        l, u = np.hstack([leq, lineq]), np.hstack([leq, uineq])
+        form = QUAD.osqp_form()
+        l, u = form.l, form.u
         prob = osqp.OSQP()
         prob.setup(
-            P, q, A, l, u, warm_starting=True, verbose=False, eps_abs=settings["eps_abs"], eps_rel=settings["eps_rel"],
+            form.P, form.q, form.A, l, u, warm_starting=True, verbose=False, eps_abs=settings["eps_abs"], eps_rel=settings["eps_rel"],
             max_iter=settings["max_iter"], polishing=settings["polish"],
         )
         first = [True]
@@ -180,7 +166,7 @@ def plain_osqp(settings: dict[str, Any]) -> Setup:
             solver_s = time.perf_counter() - t0
             if res.info.status != "solved":
                 raise RuntimeError(f"OSQP did not solve the problem: {res.info.status}")
-            return res.x[-N * NU : -(N - 1) * NU].copy(), {"iterations": res.info.iter, "solver_s": solver_s}
+            return res.x[form.first_control].copy(), {"iterations": res.info.iter, "solver_s": solver_s}
 
         return step
 
@@ -248,20 +234,12 @@ def ours(make_backend: Callable[[], Any], *, changing: bool = False) -> Setup:
     return setup
 
 
-def _osqp_a_nnz() -> int:
-    """Nonzeros of the constraint matrix A of OSQP's example QP (as :func:`plain_osqp` builds it)."""
-    ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(NX)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
-    bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, N)), sparse.eye(N)]), sparse.csc_matrix(BD))
-    a = sparse.vstack([sparse.hstack([ax, bu]), sparse.eye((N + 1) * NX + N * NU)], format="csc")
-    return a.nnz
-
-
 def quadcopter_section(args) -> dict[str, Any]:
     config = _config()
     pattern = QUAD.pattern
     x0 = QUAD.x0.numpy().copy()
     nnz = {
-        "osqp_example": _osqp_a_nnz(),
+        "osqp_example": QUAD.osqp_form().A.nnz,
         "flowctl_dense_full": QPLayout(config, "dense", None, bounds_as_rows=True).nnz_a,
         "flowctl_dense_pattern": QPLayout(config, "dense", None, bounds_as_rows=True, pattern=pattern).nnz_a,
     }

@@ -10,7 +10,6 @@ import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import sparse
 
 from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError
 from flowctl.mpc.casadi_backend import CasadiQPBackend, CasadiQPOptions
@@ -140,39 +139,24 @@ def test_control_horizon_rate_term_reference_and_affine_term(backend):
 
 QUAD = quadcopter()
 AD, BD = QUAD.ad.numpy(), QUAD.bd.numpy()
-UMIN, UMAX = QUAD.u_lower.numpy(), QUAD.u_upper.numpy()
-XMIN, XMAX = QUAD.x_lower.numpy(), QUAD.x_upper.numpy()
-QDIAG, XR = QUAD.q.numpy(), QUAD.reference.numpy()
+UMIN, XR = QUAD.u_lower.numpy(), QUAD.reference.numpy()
 N, NSIM = QUAD.horizon, QUAD.steps
 TIGHT = {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iter": 10000, "polishing": True}
 
 
 def plain_osqp_closed_loop(nsim=NSIM):
     """OSQP's MPC example as it is written (x_0 a variable, every bound a row, warm start)."""
-    nx, nu = BD.shape
+    nx = QUAD.nx
     x0 = QUAD.x0.numpy().copy()
-    Q = sparse.diags(QDIAG)
-    QN = sparse.diags(QUAD.q_terminal.numpy())
-    R = sparse.diags(QUAD.r.numpy())
-    P = sparse.block_diag([sparse.kron(sparse.eye(N), Q), QN, sparse.kron(sparse.eye(N), R)], format="csc")
-    q = np.hstack([np.kron(np.ones(N), -Q @ XR), -QN @ XR, np.zeros(N * nu)])
-    Ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(nx)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
-    Bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, N)), sparse.eye(N)]), sparse.csc_matrix(BD))
-    Aeq = sparse.hstack([Ax, Bu])
-    leq = np.hstack([-x0, np.zeros(N * nx)])
-    ueq = leq
-    Aineq = sparse.eye((N + 1) * nx + N * nu)
-    lineq = np.hstack([np.kron(np.ones(N + 1), XMIN), np.kron(np.ones(N), UMIN)])
-    uineq = np.hstack([np.kron(np.ones(N + 1), XMAX), np.kron(np.ones(N), UMAX)])
-    A = sparse.vstack([Aeq, Aineq], format="csc")
-    l, u = np.hstack([leq, lineq]), np.hstack([ueq, uineq])
+    form = QUAD.osqp_form()
+    l, u = form.l, form.u
     prob = osqp.OSQP()
-    prob.setup(P, q, A, l, u, warm_starting=True, verbose=False, **TIGHT)
+    prob.setup(form.P, form.q, form.A, l, u, warm_starting=True, verbose=False, **TIGHT)
     controls, states = [], [x0]
     for _ in range(nsim):
         res = prob.solve(raise_error=False)
         assert res.info.status == "solved"
-        ctrl = res.x[-N * nu : -(N - 1) * nu]
+        ctrl = res.x[form.first_control]
         x0 = AD @ x0 + BD @ ctrl
         l[:nx], u[:nx] = -x0, -x0
         prob.update(l=l, u=u)
@@ -220,13 +204,6 @@ def test_quadcopter_qp_is_smaller_than_the_example_and_keeps_zero_entries():
     assert layout.nnz_a == N * nx + (N - 1) * nx * nx + N * nx * nu + N * nu + N * 3
 
 
-def osqp_example_a_nnz():
-    nx, nu = BD.shape
-    ax = sparse.kron(sparse.eye(N + 1), -sparse.eye(nx)) + sparse.kron(sparse.eye(N + 1, k=-1), sparse.csc_matrix(AD))
-    bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, N)), sparse.eye(N)]), sparse.csc_matrix(BD))
-    return sparse.vstack([sparse.hstack([ax, bu]), sparse.eye((N + 1) * nx + N * nu)], format="csc").nnz
-
-
 def test_quadcopter_qp_with_pattern_has_only_the_structural_nonzeros():
     nx, nu = BD.shape
     assert torch.equal(QUAD.a_mask, QUAD.ad != 0) and torch.equal(QUAD.b_mask, QUAD.bd != 0)
@@ -235,7 +212,7 @@ def test_quadcopter_qp_with_pattern_has_only_the_structural_nonzeros():
     layout = QPLayout(quadcopter_config(), "dense", None, bounds_as_rows=True, pattern=QUAD.pattern)
     assert (layout.n, layout.m) == (N * nx + N * nu, N * nx + N * nu + N * 3)
     assert layout.nnz_a == N * nx + (N - 1) * nnz_ad + N * nnz_bd + N * nu + N * 3 == 744
-    assert osqp_example_a_nnz() == 1044  # OSQP's own QP: x_0 a variable, every bound a row
+    assert QUAD.osqp_form().A.nnz == 1044  # OSQP's own QP: x_0 a variable, every bound a row
 
 
 def test_examples_are_fresh_and_exact():

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from scipy import sparse
 
 from .controller import TimeInvariantModel
 from .problem import MPCConfig
@@ -113,6 +116,34 @@ class LinearMPCExample:
     def plant(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """One step of the (linear) plant: ``Ad x + Bd u``."""
         return self.ad @ x + self.bd @ u
+
+    def osqp_form(self) -> OSQPForm:
+        """The example's QP as OSQP's documentation writes it, for comparisons with OSQP itself:
+        unknowns ``(x_0, .., x_N, u_0, .., u_{N-1})``, ``x_0`` pinned by the first ``nx`` rows of
+        ``l = u`` (``-x0``; update them to move it), every bound a row."""
+        ad, bd, n, nx, nu = self.ad.numpy(), self.bd.numpy(), self.horizon, self.nx, self.nu
+        q, qn, xr = sparse.diags(self.q.numpy()), sparse.diags(self.q_terminal.numpy()), self.reference.numpy()
+        p = sparse.block_diag([sparse.kron(sparse.eye(n), q), qn, sparse.kron(sparse.eye(n), sparse.diags(self.r.numpy()))], format="csc")
+        lin = np.hstack([np.kron(np.ones(n), -q @ xr), -qn @ xr, np.zeros(n * nu)])
+        ax = sparse.kron(sparse.eye(n + 1), -sparse.eye(nx)) + sparse.kron(sparse.eye(n + 1, k=-1), sparse.csc_matrix(ad))
+        bu = sparse.kron(sparse.vstack([sparse.csc_matrix((1, n)), sparse.eye(n)]), sparse.csc_matrix(bd))
+        a = sparse.vstack([sparse.hstack([ax, bu]), sparse.eye((n + 1) * nx + n * nu)], format="csc")
+        eq = np.hstack([-self.x0.numpy(), np.zeros(n * nx)])
+        lower = np.hstack([eq, np.kron(np.ones(n + 1), self.x_lower.numpy()), np.kron(np.ones(n), self.u_lower.numpy())])
+        upper = np.hstack([eq, np.kron(np.ones(n + 1), self.x_upper.numpy()), np.kron(np.ones(n), self.u_upper.numpy())])
+        return OSQPForm(p, lin, a, lower, upper, slice((n + 1) * nx, (n + 1) * nx + nu))
+
+
+class OSQPForm(NamedTuple):
+    """``minimise 0.5 z' P z + q' z  subject to  l <= A z <= u`` (scipy CSC matrices, numpy
+    vectors); ``first_control``: where ``u_0`` sits in ``z``."""
+
+    P: sparse.csc_matrix
+    q: np.ndarray
+    A: sparse.csc_matrix
+    l: np.ndarray  # noqa: E741 (OSQP's name)
+    u: np.ndarray
+    first_control: slice
 
 
 def quadcopter() -> LinearMPCExample:
