@@ -4,7 +4,8 @@ The golden reference is diffusers' own ``FluxPipeline`` (no VAE, no text encoder
 passed, ``output_type="latent"``, which returns packed latents): the adapter's loop on unpacked
 latents must return them bit for bit (``torch.equal`` after packing), with the embedded guidance
 (FLUX.1-dev-like) and without (schnell-like), with true CFG, and a resume at any step must equal
-the uninterrupted run bit for bit.
+the uninterrupted run bit for bit. ``CachedFluxPipeline``: a miss is the pipeline's own call bit
+for bit, a hit makes fewer transformer calls.
 """
 
 from __future__ import annotations
@@ -398,3 +399,95 @@ def test_the_cache_and_the_strategies_run_on_flux(tmp_path):
     assert same.hit and torch.equal(same.final, first.final)  # resumed from disk, bit for bit
     other = again.generate("a red circle", x, strategy=SecantCorrection())
     assert other.hit and torch.isfinite(other.final).all()
+
+
+# --- the cached pipeline --------------------------------------------------------------------------
+
+PROMPT = "a large red circle on a blue background"
+CALL = dict(num_inference_steps=STEPS, height=16, width=16, max_sequence_length=8)  # 8 x 8 latents with the tiny VAE
+
+
+@pytest.fixture(scope="module")
+def text_pipes():
+    """dev- and schnell-like pipelines with a VAE and tiny text encoders; transformer calls counted."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sd3_tiny import tiny_vae
+
+    pipes = {}
+    for config in CONFIGS:
+        pipe = tiny_pipeline(config, vae=tiny_vae(), **tiny_text_parts())
+        pipe.calls = []
+        pipe.transformer.register_forward_hook(lambda *args, calls=pipe.calls: calls.append(1))
+        pipes[config] = pipe
+    return pipes
+
+
+def cached_flux(pipe, **kwargs):
+    from flowctl.adapters.flux.pipeline import CachedFluxPipeline
+    from flowctl.cache import CacheStore
+
+    return CachedFluxPipeline.from_pipe(pipe, cache=CacheStore(device_bytes=1 << 26, host_bytes=0), **kwargs)
+
+
+@pytest.mark.parametrize("config, guidance, output_type, images", [
+    ("dev", dict(guidance_scale=4.0), "latent", 1),
+    ("schnell", dict(true_cfg_scale=2.5, negative_prompt="blurry"), "np", 2),
+    ("dev", dict(guidance_scale=2.0), "pt", 1),
+])
+def test_a_cached_pipeline_miss_is_the_pipelines_own_call(text_pipes, config, guidance, output_type, images):
+    pipe = text_pipes[config]
+    out = cached_flux(pipe)(PROMPT, output_type=output_type, num_images_per_prompt=images, generator=torch.Generator().manual_seed(3), **guidance, **CALL)
+    reference = pipe(PROMPT, output_type=output_type, num_images_per_prompt=images, generator=torch.Generator().manual_seed(3), **guidance, **CALL).images
+    same = np.array_equal(out.images, reference) if output_type == "np" else torch.equal(out.images, reference)
+    assert same and len(out.cache) == images and not any(c.hit for c in out.cache)
+    assert all(c.entry_id is not None and c.model_evaluations == STEPS for c in out.cache)
+
+
+def test_a_cached_pipeline_hit_makes_fewer_transformer_calls(text_pipes, tmp_path):
+    from flowctl.adapters.flux.pipeline import CachedFluxPipeline
+    from flowctl.cache import DiskStore
+
+    from flowctl.text import HashingEncoder
+
+    pipe, encoder = text_pipes["dev"], HashingEncoder()  # the tiny random CLIP's similarities are arbitrary
+    store = DiskStore(tmp_path)
+    CachedFluxPipeline.from_pipe(pipe, cache=store, encoder=encoder)(PROMPT, output_type="latent", generator=torch.Generator().manual_seed(0), **CALL)
+    again = CachedFluxPipeline.from_pipe(pipe, cache=store, encoder=encoder, strategy="secant")  # another worker
+    before = len(pipe.calls)
+    generators = [torch.Generator().manual_seed(s) for s in (9, 4)]
+    out = again([PROMPT, "a zebra"], output_type="latent", generator=generators, **CALL)
+    hit, miss = out.cache
+    assert hit.hit and hit.cached_prompt == PROMPT and hit.similarity == pytest.approx(1.0) and hit.strategy == "secant correction"
+    assert not miss.hit and miss.entry_id is not None
+    assert hit.model_evaluations < STEPS and len(pipe.calls) - before == hit.model_evaluations + STEPS
+    assert out.images.shape == (2, 16, 16)  # packed, as the pipeline returns latents
+    alone = pipe("a zebra", output_type="latent", generator=torch.Generator().manual_seed(4), **CALL).images
+    assert torch.equal(out.images[1:], alone)  # the miss row is the pipeline's own run
+
+
+def test_a_cached_pipeline_refuses_bad_input_before_any_model_work(text_pipes):
+    from flowctl.adapters.flux.pipeline import CachedFluxPipeline
+    from flowctl.cache import CacheStore
+
+    pipe = text_pipes["dev"]
+    cached = cached_flux(pipe)
+    before = len(pipe.calls)
+    for kwargs, argument in [
+        (dict(prompt=PROMPT, prompt_embeds=torch.zeros(1, TOKENS, JOINT)), "prompt_embeds"),
+        (dict(prompt=PROMPT, sigmas=[1.0, 0.5]), "sigmas"),
+        (dict(prompt=None), "prompt"),
+        (dict(prompt=PROMPT, output_type="jpeg"), "output_type"),
+        (dict(prompt=PROMPT, cache_strategy="teleport"), "cache_strategy"),
+        (dict(prompt=PROMPT, generator=[torch.Generator()] * 2), "generator"),
+    ]:
+        with pytest.raises(InvalidArgumentError) as info:
+            cached(**kwargs, **CALL)
+        assert info.value.argument == argument
+    assert len(pipe.calls) == before
+    with pytest.raises(InvalidArgumentError, match="FluxPipeline"):
+        CachedFluxPipeline.from_pipe(object(), cache=CacheStore())
+    with pytest.raises(MissingTextEncoderError):
+        CachedFluxPipeline.from_pipe(pipe_for("dev"), cache=CacheStore())

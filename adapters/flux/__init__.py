@@ -8,7 +8,15 @@
   ``pipe(..., output_type="latent")`` bit for bit (after :func:`pack_latents`) and resumable at
   any step (:func:`flowctl.sampling.resume`).
 - :func:`pack_latents`, :func:`unpack_latents`, :func:`latent_image_ids`: the pipeline's layouts.
-- :class:`FluxPromptEncoder`: prompts to conditions through the pipeline's CLIP and T5.
+- :class:`FluxPromptEncoder`: prompts to conditions through the pipeline's CLIP and T5;
+  :class:`FluxPooledEncoder`: the pooled CLIP embedding as the cache's similarity key.
+- :class:`CachedFluxPipeline` (module ``pipeline``, imported with diffusers on first use): the
+  pipeline's call with the cross-prompt cache in front.
+
+The command line's ``flux`` model family (``flowctl generate "..." --model DIR`` on a
+``FluxPipeline`` folder) is in the submodules ``checkpoint`` (``load_pipeline``), ``bench``
+(``flux_model``), ``commands`` and ``family``. They, and ``pipeline``, share the SD3 adapter's
+checkpoint loading, VAE decode and strategies; this package itself imports nothing of it.
 
 Sigma = 1 is noise, 0 is data; the scheduler's timestep is ``sigma * 1000`` and the transformer
 gets ``timestep / 1000``. diffusers is never imported here; the functions work on the objects
@@ -20,15 +28,17 @@ from flowctl.adapters.common import MissingTextEncoderError, UnsupportedSchedule
 
 from .condition import FluxCondition
 from .dynamics import FluxDynamics
-from .encoding import FluxPromptEncoder, has_text_encoders
+from .encoding import FluxPooledEncoder, FluxPromptEncoder, has_text_encoders
 from .latents import latent_image_ids, pack_latents, unpack_latents
 from .loop import calculate_shift, denoise, flux_grid, flux_sigmas, latent_shape, pipeline_grid
 
 __all__ = [
+    "CachedFluxPipeline",
     "FluxCondition",
     "FluxDynamics",
     "math_attention",
     "FluxPromptEncoder",
+    "FluxPooledEncoder",
     "has_text_encoders",
     "pack_latents",
     "unpack_latents",
@@ -43,3 +53,12 @@ __all__ = [
     "MissingTextEncoderError",
     "UnsupportedSchedulerError",
 ]
+
+
+def __getattr__(name: str):
+    # The cached pipeline subclasses diffusers' output class: imported (with diffusers) on first use.
+    if name == "CachedFluxPipeline":
+        from .pipeline import CachedFluxPipeline
+
+        return CachedFluxPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

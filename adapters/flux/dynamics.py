@@ -136,6 +136,12 @@ class FluxDynamics:
         return bool(self.transformer.config.guidance_embeds)
 
     @property
+    def guidance(self) -> float:
+        """The guidance scale the field runs with (a cache key's ``guidance``): the embedded
+        guidance on a model that takes it, else the true CFG scale (1: unguided)."""
+        return self.guidance_scale if self.guidance_embedded else self.true_cfg_scale
+
+    @property
     def fingerprint(self) -> str:
         """The velocity field's identity for cache keys: a hash of the transformer's config and
         of its weights' bytes, the dtype, and the settings that change the field (the embedded

@@ -1,8 +1,15 @@
-"""Prompts through FLUX's text encoders (CLIP-L's pooled output and T5's tokens), by the
-pipeline's own ``encode_prompt``, so a condition is the one ``pipe(prompt=...)`` builds."""
+"""Prompts through FLUX's text encoders (CLIP-L's pooled output and T5's tokens).
+
+- :class:`FluxPromptEncoder`: a prompt -> :class:`FluxCondition` by the pipeline's own
+  ``encode_prompt``, so a condition is the one ``pipe(prompt=...)`` builds.
+- :class:`FluxPooledEncoder`: a :class:`flowctl.text.TextEncoder` whose embedding is FLUX's
+  pooled CLIP embedding (the transformer's ``pooled_projections``), unit-normalised; it runs
+  CLIP only, not T5.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,7 +18,7 @@ from flowctl._checks import check_int
 from flowctl.errors import InvalidArgumentError
 from flowctl.text import check_prompts
 
-from flowctl.adapters.common import MissingTextEncoderError
+from flowctl.adapters.common import MissingTextEncoderError, weight_checksum
 
 from .condition import FluxCondition
 
@@ -66,3 +73,40 @@ class FluxPromptEncoder:
                 )
                 parts.extend([cast(embeds), cast(pooled), cast(ids)])
         return FluxCondition(*parts)
+
+
+class FluxPooledEncoder:
+    """FLUX's pooled CLIP embedding as the cache's similarity key (a :class:`flowctl.text.TextEncoder`).
+
+    ``encode(prompts)`` returns unit-norm float32 CPU rows of size ``dim`` (CLIP-L's hidden
+    size: 768 for FLUX.1), the pooled output ``FluxPipeline.encode_prompt`` passes the
+    transformer, normalised. Policy thresholds set with another encoder (all-MiniLM-L6-v2 for
+    the shipped buckets) do not carry over to it.
+
+    Args:
+        pipeline: a ``FluxPipeline`` with its CLIP encoder and tokenizer (T5 is not used).
+        name: identifies the checkpoint in :attr:`name`; by default a checksum of the CLIP
+            encoder's weights.
+    """
+
+    def __init__(self, pipeline: Any, *, name: str | None = None):
+        missing = [part for part in ("tokenizer", "text_encoder") if getattr(pipeline, part, None) is None]
+        if missing:
+            raise MissingTextEncoderError(f"FluxPooledEncoder needs the pipeline's CLIP encoder and tokenizer; missing: {', '.join(missing)}")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise InvalidArgumentError("name", f"expected a non-empty string or None, got {name!r}")
+        self.pipeline = pipeline
+        self.dim = pipeline.text_encoder.config.hidden_size
+        self.name = f"flux-pooled-clip:{name or weight_checksum(pipeline.text_encoder)}"
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        prompts = list(check_prompts(prompts))
+        p = self.pipeline
+        # tokenised and encoded as the pipeline's _get_clip_prompt_embeds
+        ids = p.tokenizer(prompts, padding="max_length", max_length=p.tokenizer_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            pooled = p.text_encoder(ids.to(p.text_encoder.device), output_hidden_states=False).pooler_output
+        return torch.nn.functional.normalize(pooled.to("cpu", torch.float32), dim=1)
+
+    def __repr__(self) -> str:
+        return f"FluxPooledEncoder(name={self.name!r}, dim={self.dim})"

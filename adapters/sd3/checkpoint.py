@@ -23,13 +23,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 PIPELINE_CLASS = "StableDiffusion3Pipeline"
 
 
-def check_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint directory and its ``model_index.json``, after checking that it names an SD3
-    pipeline.
+def check_checkpoint(
+    path: str | os.PathLike[str], pipeline_class: str = PIPELINE_CLASS, error: type[CheckpointError] = NotSD3CheckpointError,
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint directory and its ``model_index.json``, after checking that it names
+    ``pipeline_class`` (SD3's by default; the FLUX adapter passes its own class and error).
 
     Raises:
         CheckpointNotFoundError: ``path`` does not exist or is not a directory.
-        NotSD3CheckpointError: no readable ``model_index.json``, or another ``_class_name``.
+        error: no readable ``model_index.json``, or another ``_class_name``.
     """
     directory = Path(path).expanduser()
     if not directory.is_dir():
@@ -40,11 +42,11 @@ def check_checkpoint(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]
             content = json.load(f)
         class_name = content.get("_class_name")
     except FileNotFoundError:
-        raise NotSD3CheckpointError(f"{directory}: no model_index.json; not a diffusers pipeline directory") from None
+        raise error(f"{directory}: no model_index.json; not a diffusers pipeline directory") from None
     except (OSError, ValueError, AttributeError) as exc:
-        raise NotSD3CheckpointError(f"{index}: unreadable ({exc})") from exc
-    if class_name != PIPELINE_CLASS:
-        raise NotSD3CheckpointError(f"{directory}: model_index.json names {class_name!r}, not {PIPELINE_CLASS!r}")
+        raise error(f"{index}: unreadable ({exc})") from exc
+    if class_name != pipeline_class:
+        raise error(f"{directory}: model_index.json names {class_name!r}, not {pipeline_class!r}")
     return directory, content
 
 
@@ -92,6 +94,15 @@ def load_pipeline(path: str | os.PathLike[str], *, dtype: str = "float32", devic
         MissingDependencyError: diffusers is not installed (the ``sd3`` extra).
     """
     directory, index = check_checkpoint(path)
+    return load_checked(directory, index, dtype=dtype, device=device, left_out=() if t5 else ("text_encoder_3", "tokenizer_3"))
+
+
+def load_checked(
+    directory: Path, index: dict[str, Any], *, dtype: str = "float32", device: str | torch.device = "cpu", left_out: tuple[str, ...] = (),
+) -> Any:
+    """The pipeline of a directory :func:`check_checkpoint` passed (the diffusers class its
+    ``index`` names), offline, on ``device``, with the components ``left_out`` as None; modules
+    in eval mode with ``requires_grad`` off. Raises as :func:`load_pipeline`."""
     device = parse_device(device)
     dtype_ = torch_dtype(dtype, device)
     try:
@@ -102,10 +113,9 @@ def load_pipeline(path: str | os.PathLike[str], *, dtype: str = "float32", devic
     # Components saved as [null, null] (left out when the checkpoint was written) must be
     # passed as None, or diffusers refuses to build the pipeline.
     absent = {name: None for name, value in index.items() if not name.startswith("_") and value in (None, [None, None])}
-    if not t5:
-        absent |= {"text_encoder_3": None, "tokenizer_3": None}
+    absent |= dict.fromkeys(left_out)
     try:
-        pipeline = diffusers.StableDiffusion3Pipeline.from_pretrained(directory, local_files_only=True, dtype=dtype_, **absent)
+        pipeline = getattr(diffusers, index["_class_name"]).from_pretrained(directory, local_files_only=True, dtype=dtype_, **absent)
         pipeline = pipeline.to(device)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         raise DeviceMemoryError(f"{directory}: out of memory on {device} loading the {dtype} weights ({exc})") from exc

@@ -11,9 +11,11 @@ from .checkpoint import PIPELINE_CLASS
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .commands import run
+    from flowctl.adapters.commands import run
 
-    return run(args)
+    from .commands import load_model
+
+    return run(args, load_model)
 
 
 FAMILY = ModelFamily("sd3", pipelines=(PIPELINE_CLASS,), models=("embedded",), run=_run, extra="sd3")
