@@ -17,8 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from ._checks import check_tensor
-from .errors import BudgetExceededError, InvalidArgumentError
+from ._checks import check_dynamics, check_real, check_tensor
+from .errors import BudgetExceededError, InvalidArgumentError, ShapeError, UnknownNameError
 
 DEFAULT_COST: Mapping[str, float] = {"forward": 1.0, "jvp": 3.0, "vjp": 2.0}
 """Cost of a model call by kind relative to a forward call, where none was measured (typical of
@@ -70,10 +70,11 @@ class NFECounter:
         return float(sum(self.by_kind.values()))
 
     def add(self, n: float = 1.0, *, kind: str | None = None) -> None:
-        """Count ``n`` evaluations of ``kind`` (default: the kind set by :meth:`counting_as`)."""
-        if not (isinstance(n, (int, float)) and math.isfinite(n) and n >= 0):
+        """Count ``n`` evaluations of ``kind``, one of :attr:`cost`'s kinds (default: the kind set
+        by :meth:`counting_as`)."""
+        if isinstance(n, bool) or not (isinstance(n, (int, float)) and math.isfinite(n) and n >= 0):
             raise InvalidArgumentError("n", f"must be a finite number >= 0, got {n!r}")
-        kind = kind or self._kind
+        kind = self._known("kind", kind) if kind is not None else self._kind
         if self.budget is not None:
             after = self.equivalents + n * self.cost[kind]
             if after > self.budget + 1e-9:
@@ -83,7 +84,7 @@ class NFECounter:
     @contextmanager
     def counting_as(self, kind: str) -> Iterator[None]:
         """Count the evaluations made inside the block as ``kind`` (e.g. "jvp" under forward AD)."""
-        previous, self._kind = self._kind, kind
+        previous, self._kind = self._kind, self._known("kind", kind)
         try:
             yield
         finally:
@@ -92,15 +93,18 @@ class NFECounter:
     def reset(self) -> None:
         self.by_kind.clear()
 
+    def _known(self, name: str, kind: object) -> str:
+        if not isinstance(kind, str) or kind not in self.cost:
+            raise UnknownNameError(name, kind, list(self.cost))
+        return kind
+
     def __repr__(self) -> str:
         return f"NFECounter(total={self.total:g}, by_kind={dict(self.by_kind)})"
 
 
 def check_budget(name: str, budget: object) -> float:
     """``budget`` as a float if it is a finite number >= 0 (NFE-equivalents)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
-        raise InvalidArgumentError(name, f"expected a finite number >= 0 of NFE-equivalents, got {budget!r}")
-    return float(budget)
+    return check_real(name, budget, nonnegative=True)
 
 
 def check_cost(name: str, cost: object) -> Mapping[str, float]:
@@ -117,7 +121,9 @@ class CountedDynamics:
     """Wraps a dynamics and counts each ``velocity`` call in :attr:`counter`."""
 
     def __init__(self, dynamics: Dynamics, counter: NFECounter | None = None):
-        self.dynamics = dynamics
+        self.dynamics = check_dynamics("dynamics", dynamics)
+        if counter is not None and not isinstance(counter, NFECounter):
+            raise InvalidArgumentError("counter", f"expected an NFECounter or None, got {type(counter).__name__}")
         self.counter = counter if counter is not None else NFECounter()
 
     @property
@@ -146,18 +152,18 @@ class ControlledDynamics:
     """``dx/dt = v(x, t, cond) + u``; its condition is a :class:`ControlInput`."""
 
     def __init__(self, dynamics: Dynamics):
-        self.dynamics = dynamics
+        self.dynamics = check_dynamics("dynamics", dynamics)
 
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: ControlInput) -> torch.Tensor:
         if not isinstance(cond, ControlInput):
             raise InvalidArgumentError("cond", f"expected a ControlInput, got {type(cond).__name__}")
         u = check_tensor("cond.u", cond.u)
-        v = self.dynamics.velocity(x, t, cond.cond)
-        if torch.broadcast_shapes(v.shape, u.shape) != v.shape:
-            raise InvalidArgumentError(
-                "cond.u", f"shape {tuple(u.shape)} does not broadcast to the state's {tuple(v.shape)}"
-            )
-        return v + u
+        x = check_tensor("x", x, finite=False)
+        if not _broadcasts_to(u.shape, x.shape):
+            raise ShapeError("cond.u", f"shape {tuple(u.shape)} does not broadcast to the state's {tuple(x.shape)}")
+        if u.device != x.device:
+            raise InvalidArgumentError("cond.u", f"is on {u.device}, the state on {x.device}")
+        return self.dynamics.velocity(x, t, cond.cond) + u
 
 
 class BlendedDynamics:
@@ -171,15 +177,20 @@ class BlendedDynamics:
     Args:
         dynamics: the model (wrap it in :class:`CountedDynamics` to count evaluations).
         schedule: a :class:`flowctl.schedules.Schedule` (any callable steps -> alpha in [0, 1]).
-        grid: the sampler's grid, used to turn t into a step position.
-        switch_step: grid step at which the switch starts (the resume step).
+        grid: the sampler's grid (a :class:`flowctl.Grid`), used to turn t into a step position;
+            integrate the blend on this same grid.
+        switch_step: grid step at which the switch starts (the resume step), >= 0.
     """
 
     def __init__(self, dynamics: Dynamics, schedule, grid, switch_step: float):
-        self.dynamics = dynamics
+        self.dynamics = check_dynamics("dynamics", dynamics)
+        if not callable(schedule):
+            raise InvalidArgumentError("schedule", f"expected a callable steps -> alpha, got {type(schedule).__name__}")
         self.schedule = schedule
+        if not callable(getattr(grid, "position", None)):
+            raise InvalidArgumentError("grid", f"expected a flowctl Grid, got {type(grid).__name__}")
         self.grid = grid
-        self.switch_step = switch_step
+        self.switch_step = check_real("switch_step", switch_step, nonnegative=True)
 
     def alpha(self, t: float | torch.Tensor) -> float:
         """Weight of condition B at time t."""
@@ -197,3 +208,10 @@ class BlendedDynamics:
         v_a = self.dynamics.velocity(x, t, cond_a)
         v_b = self.dynamics.velocity(x, t, cond_b)
         return torch.lerp(v_a, v_b, alpha)
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False

@@ -62,11 +62,31 @@ class JacobianEstimate:
     index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.structure not in STRUCTURES:
+        # metadata only (no host synchronisation): estimates are made in controllers' loops
+        if not isinstance(self.structure, str) or self.structure not in STRUCTURES:
             raise UnknownNameError("structure", self.structure, list(STRUCTURES))
-        if self.structure == "block" and self.index is None:
-            nb, bs, _ = self.data.shape
-            object.__setattr__(self, "index", torch.arange(nb * bs, device=self.data.device).reshape(nb, bs))
+        if not isinstance(self.cost, dict):
+            raise InvalidArgumentError("cost", f"expected a dict of NFE by kind, got {type(self.cost).__name__}")
+        s, d = self.structure, self.data
+        if s == "low_rank":
+            if not (isinstance(d, (tuple, list)) and len(d) == 2):
+                raise InvalidArgumentError("data", "a low-rank estimate's data is a pair (U, V)")
+            u, v = (check_tensor("data", t, ndim_min=2, finite=False) for t in d)
+            if u.dim() != 2 or u.shape != v.shape:
+                raise ShapeError("data", f"U and V must both be (n, k), got {tuple(u.shape)} and {tuple(v.shape)}")
+            return
+        d = check_tensor("data", d, finite=False)
+        if s == "sparse" and not d.is_sparse:
+            raise InvalidArgumentError("data", "a sparse estimate's data is a torch sparse COO tensor")
+        ndim = {"dense": 2, "diagonal": 1, "block": 3, "sparse": 2}[s]
+        if d.dim() != ndim or (ndim > 1 and d.shape[-1] != d.shape[-2]):
+            raise ShapeError("data", f"a {s} estimate's data is {('(n,)', '(n, n)', '(nb, bs, bs)')[ndim - 1]}, got {tuple(d.shape)}")
+        if s == "block":
+            nb, bs, _ = d.shape
+            if self.index is None:
+                object.__setattr__(self, "index", torch.arange(nb * bs, device=d.device).reshape(nb, bs))
+            elif not (isinstance(self.index, torch.Tensor) and self.index.shape == (nb, bs) and not self.index.is_floating_point()):
+                raise InvalidArgumentError("index", f"expected ({nb}, {bs}) integer indices of the blocks' entries")
 
     @property
     def n(self) -> int:
@@ -207,6 +227,8 @@ class _Estimator:
         if not callable(f):
             raise InvalidArgumentError("f", f"expected a callable x -> v, got {type(f).__name__}")
         x = check_tensor("x", x).detach()
+        if x.numel() == 0:
+            raise ShapeError("x", f"has no values: shape {tuple(x.shape)}")
         _check_counter(counter)
         return x, _Products(f, x, self.mode, self.fd_step, self.chunk_size, NFECounter(), counter)
 
@@ -400,12 +422,14 @@ class LowRankJacobian(_Estimator):
         n, k = x.numel(), self.rank
         if k > n:
             raise InvalidArgumentError("rank", f"must be <= n = {n}, got {k}")
+        work = torch.promote_types(x.dtype, torch.float32)  # QR and SVD have no half-precision kernels
+        orth = lambda a: torch.linalg.qr(a.to(work)).Q.to(x.dtype)  # noqa: E731
         omega = torch.randn(min(k + self.oversampling, n), n, generator=torch.Generator().manual_seed(self.seed), dtype=x.dtype)
         y = p.jvp(omega.to(x.device))  # rows: (J Omega)'
         for _ in range(self.power_iterations):
-            y = p.jvp(torch.linalg.qr(p.vjp(torch.linalg.qr(y.T).Q.T).T).Q.T)  # J J' applied to range(Y)
-        q = torch.linalg.qr(y.T).Q  # (n, m)
-        ub, s, vh = torch.linalg.svd(p.vjp(q.T), full_matrices=False)  # B = Q' J (m, n)
+            y = p.jvp(orth(p.vjp(orth(y.T).T).T).T)  # J J' applied to range(Y)
+        q = orth(y.T)  # (n, m)
+        ub, s, vh = (m.to(x.dtype) for m in torch.linalg.svd(p.vjp(q.T).to(work), full_matrices=False))  # B = Q' J (m, n)
         return _finish("low_rank", (q @ (ub[:, :k] * s[:k]), vh[:k].T.contiguous()), p, counter)
 
 

@@ -28,10 +28,7 @@ _K2 = 0.03
 
 def _real(name: str, x: object, *, ndim_min: int) -> torch.Tensor:
     """Check that ``x`` is a finite real floating-point tensor; return it in float64."""
-    x = check_tensor(name, x, ndim_min=ndim_min)
-    if x.is_complex():
-        raise InvalidArgumentError(name, f"expected a real floating-point tensor, got {x.dtype}")
-    return x.to(torch.float64)
+    return check_tensor(name, x, ndim_min=ndim_min).to(torch.float64)
 
 
 def _batched(name: str, x: object, *, ndim_min: int, batch_axis: int = 0) -> torch.Tensor:
@@ -164,7 +161,8 @@ def straightness(states: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Total change of the denoised estimate along a path, in data units, shape ``(B,)``, float64.
 
     ``states`` is ``(N + 1, B, ...)``: the states ``x_0 .. x_N`` on the strictly monotone grid
-    ``sigmas`` (1-D, length ``N + 1``, ``N >= 2``). Step ``i`` has slope
+    ``sigmas`` (1-D, length ``N + 1``, ``N >= 2``; either direction and ending anywhere, since a
+    piece of a run, or an inversion towards noise, is a path too). Step ``i`` has slope
     ``s_i = (x_{i+1} - x_i) / (sigma_{i+1} - sigma_i)`` (for Euler, the model velocity at ``x_i``)
     and denoised estimate ``x0_hat_i = x_i - sigma_i s_i``. The result is the sum over ``i`` of
     the RMS over non-batch axes of ``x0_hat_{i+1} - x0_hat_i``: 0 for a straight path

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ._checks import check_real
-from .errors import UnknownNameError
+from .errors import InvalidArgumentError, NonFiniteError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,17 @@ class Schedule:
         return float(self.length)
 
     def __call__(self, s: float) -> float:
-        s = float(s)
+        """alpha at ``s`` grid steps after the switch (a real number; -inf and inf are allowed)."""
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError("s", f"expected a real number of grid steps, got {s!r}") from None
         if s < 0:
             return 0.0
         if s >= self.end:
             return 1.0
+        if s != s:  # NaN is neither before nor after the switch
+            raise NonFiniteError("s", "is NaN")
         return min(max(self.shape(s / self.length), 0.0), 1.0)
 
     def shape(self, p: float) -> float:
@@ -113,6 +119,9 @@ def adaptive_sigmoid(similarity: float, *, steepness: float = 10.0) -> SigmoidSc
     return SigmoidSchedule(length, steepness=steepness)
 
 
+BLENDS = ("linear", "cosine", "sigmoid")
+"""The schedules that rise over a transition length: what a blend of two prompts' fields takes."""
+
 SCHEDULES: dict[str, Callable[..., Schedule]] = {
     "step": StepSchedule,
     "linear": LinearSchedule,
@@ -123,9 +132,18 @@ SCHEDULES: dict[str, Callable[..., Schedule]] = {
 
 
 def make_schedule(name: str, *args, **kwargs) -> Schedule:
-    """Build a schedule by name: ``make_schedule("linear", 5)``, ``make_schedule("adaptive", 0.93)``."""
+    """Build a schedule by name: ``make_schedule("linear", 5)``, ``make_schedule("adaptive", 0.93)``.
+
+    Raises:
+        UnknownNameError: no schedule of that name.
+        InvalidArgumentError: arguments the schedule does not take (``args``), or bad values of
+            those it takes (named).
+    """
     try:
         factory = SCHEDULES[name]
     except (KeyError, TypeError):
         raise UnknownNameError("name", name, list(SCHEDULES)) from None
-    return factory(*args, **kwargs)
+    try:
+        return factory(*args, **kwargs)
+    except TypeError as error:  # a missing or unexpected argument: the checks raise typed errors
+        raise InvalidArgumentError("args", f"the {name!r} schedule does not take {args!r}, {kwargs!r}: {error}") from None

@@ -82,6 +82,8 @@ class DiskStore:
         ann: approximate look-up (see :class:`~flowctl.cache.search.EmbeddingIndex`): "never",
             "auto" (above ``ann_threshold`` entries under one key and namespace) or "always".
         ann_threshold: see ``ann``.
+        read_only: open a directory this process cannot write, for reading only (records,
+            look-ups, gets; no repair on opening, and a write raises CacheStorageError).
 
     Raises:
         CacheStorageError: the directory or its index cannot be opened.
@@ -94,25 +96,31 @@ class DiskStore:
         secret: bytes | str | None = None,
         ann: AnnMode = "auto",
         ann_threshold: int = 50_000,
+        read_only: bool = False,
     ):
         self.directory = Path(directory)
+        self._read_only = read_only
         self._secret = codec.resolve_secret(secret)
         self._lock = threading.RLock()
         self._quarantined: dict[str, str] = {}
         self._foreign: set[str] = set()
         self._index = EmbeddingIndex(ann=_available(ann), ann_threshold=ann_threshold)
         with _storage("opening the cache directory"):
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.directory / DATABASE, timeout=60, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout = 60000")
-            if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            if self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'settings'").fetchone()[0] == 0:
-                self._db.executescript(_SCHEMA)
+            if read_only:
+                self._db = _open_read_only(self.directory / DATABASE)
+            else:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.directory / DATABASE, timeout=60, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA busy_timeout = 60000")
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+                if self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'settings'").fetchone()[0] == 0:
+                    self._db.executescript(_SCHEMA)
         self._check_secret()
         with _storage("opening the cache directory"):
-            self._repair()
+            if not read_only:
+                self._repair()
             self._load()
 
     # -- the PersistentStore interface --------------------------------------------------------
@@ -375,8 +383,9 @@ class DiskStore:
         if stored is None and check is not None:
             if entries:
                 raise InvalidArgumentError("secret", "this cache was written without a secret: clear it before using one")
-            with _storage("opening the cache directory"), self._transaction():
-                self._db.execute("INSERT OR REPLACE INTO settings VALUES ('secret', ?)", (check,))
+            if not self._read_only:
+                with _storage("opening the cache directory"), self._transaction():
+                    self._db.execute("INSERT OR REPLACE INTO settings VALUES ('secret', ?)", (check,))
 
     def _repair(self) -> None:
         """Holding the write lock: remove dead processes' temporary files and files no row
@@ -465,6 +474,19 @@ class DiskStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _open_read_only(database: Path) -> sqlite3.Connection:
+    """The index of a directory this process cannot write: read-only, or immutable where SQLite
+    cannot make the WAL's shared-memory file (there is none: no process has the index open)."""
+    uri = database.resolve().as_uri() + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("SELECT count(*) FROM entries").fetchone()
+        return db
+    except sqlite3.Error:
+        db.close()
+    return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=False)
 
 
 def _record(row: tuple) -> IndexRecord:

@@ -19,12 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from .._checks import check_int, check_real, check_tensor
+from .._checks import check_device, check_generator_state, check_int, check_items, check_real, check_tensor
 from ..errors import FlowctlError, InvalidArgumentError, ShapeError, UnknownNameError
 from ..sampling import ResumePoint, SigmaGrid, Trajectory, get_tableau
-from ..sampling.grid import TIME_SHIFTS
+from ..sampling.grid import TIME_SHIFTS, sigma_grid_problem
 
 ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What an entry id may be: it names the entry's file, so no separators or dots."""
@@ -73,18 +74,18 @@ class CacheKey:
         if not isinstance(self.model, str) or not self.model.strip():
             raise InvalidArgumentError("model", f"expected a non-empty string, got {self.model!r}")
         get_tableau(self.method)
-        if isinstance(self.shape, (str, bytes)) or not isinstance(self.shape, Iterable):
-            raise ShapeError("shape", f"expected a tuple of sizes, got {self.shape!r}")
+        shape = check_items("shape", self.shape, "a tuple of sizes", error=ShapeError)
         dtype = str(self.dtype).removeprefix("torch.") if isinstance(self.dtype, torch.dtype) else self.dtype
         torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
         if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
             raise InvalidArgumentError("dtype", f"expected a floating-point torch dtype name, got {self.dtype!r}")
+        dtype = str(torch_dtype).removeprefix("torch.")  # the canonical name: "float" is "float32"
         set_ = object.__setattr__
         set_(self, "steps", check_int("steps", self.steps, minimum=1))
         set_(self, "shift", check_real("shift", self.shift, positive=True))
         set_(self, "mu", None if self.mu is None else check_real("mu", self.mu))
         set_(self, "guidance", check_real("guidance", self.guidance))
-        set_(self, "shape", tuple(check_int("shape", n, minimum=1) for n in self.shape))
+        set_(self, "shape", tuple(check_int("shape", n, minimum=1) for n in shape))
         set_(self, "dtype", dtype)
         if self.time_shift not in TIME_SHIFTS:
             raise UnknownNameError("time_shift", self.time_shift, list(TIME_SHIFTS))
@@ -94,12 +95,11 @@ class CacheKey:
         if self.sigmas is None:
             sigmas = SigmaGrid.create(self.steps, self.shift, mu=self.mu, time_shift=self.time_shift, num_train_timesteps=self.num_train_timesteps).values
             set_(self, "sigmas", tuple(sigmas.tolist()))
-        elif isinstance(self.sigmas, (str, bytes)) or not isinstance(self.sigmas, Iterable):
-            raise InvalidArgumentError("sigmas", f"expected the grid's sigmas, got {self.sigmas!r}")
         else:
-            values = tuple(check_real("sigmas", v) for v in self.sigmas)
-            if len(values) != self.steps + 1 or values[-1] != 0 or any(a <= b for a, b in zip(values, values[1:])):
-                raise InvalidArgumentError("sigmas", f"expected {self.steps + 1} sigmas descending to 0, got {values}")
+            values = tuple(check_real("sigmas", v) for v in check_items("sigmas", self.sigmas, "the grid's sigmas"))
+            problem = sigma_grid_problem(np.array(values)) if len(values) == self.steps + 1 else f"expected {self.steps + 1} of them, got {len(values)}"
+            if problem:
+                raise InvalidArgumentError("sigmas", problem)
             set_(self, "sigmas", values)
 
     @classmethod
@@ -118,7 +118,7 @@ class CacheKey:
         timesteps)."""
         if not isinstance(grid, SigmaGrid):
             raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
-        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, tuple(shape), dtype, grid.time_shift, grid.num_train_timesteps, encoder,
+        return cls(model, grid.steps, grid.shift, grid.mu, guidance, method, shape, dtype, grid.time_shift, grid.num_train_timesteps, encoder,
                    tuple(grid.values.cpu().tolist()))
 
     @property
@@ -191,10 +191,7 @@ class CacheEntry:
             if k not in states:
                 raise InvalidArgumentError("velocities", f"step {k!r} has no cached state")
             self._check_latent(f"velocities[{k}]", v)
-        if self.generator_state is not None:
-            g = self.generator_state
-            if not isinstance(g, torch.Tensor) or g.dtype != torch.uint8 or g.dim() != 1 or g.device.type != "cpu":
-                raise InvalidArgumentError("generator_state", "expected a 1-D CPU uint8 tensor from Generator.get_state()")
+        check_generator_state("generator_state", self.generator_state)
         object.__setattr__(self, "states", dict(sorted(states.items())))
         object.__setattr__(self, "velocities", dict(sorted(self.velocities.items())))
         object.__setattr__(self, "embedding", unit_embedding("embedding", self.embedding))
@@ -232,7 +229,7 @@ class CacheEntry:
         if not isinstance(grid, SigmaGrid) or not torch.equal(grid.values.cpu(), _key_grid(key).values):
             raise InvalidArgumentError("key", "its grid settings do not produce the trajectory's grid (build it with CacheKey.for_grid)")
         states = {}
-        for step in steps:
+        for step in check_items("steps", steps, "grid step indices"):
             step = check_int("steps", step, minimum=0)
             if step not in trajectory.states:
                 raise InvalidArgumentError("steps", f"step {step} was not kept; kept: {sorted(trajectory.states)}")
@@ -299,7 +296,9 @@ class CacheEntry:
     def to(self, device: torch.device | str, *, copy: bool = False) -> CacheEntry:
         """The entry with every tensor on ``device`` (but ``generator_state``, which stays on the
         CPU); ``copy=True`` copies tensors already there, so the result shares no storage. The
-        entry was validated when made: moving it checks nothing again."""
+        entry was validated when made: moving it checks nothing again but the device, which must
+        exist on this machine."""
+        device = check_device("device", device)
         return _replaced(
             self,
             embedding=self.embedding.to(device, copy=copy),
@@ -395,11 +394,17 @@ class IndexRecord:
 
 
 def _check_names(entry_id: object, namespace: object, prompt: object) -> None:
-    if not isinstance(entry_id, str) or not ENTRY_ID.fullmatch(entry_id):
-        raise InvalidArgumentError("entry_id", f"expected 1-128 letters, digits, '_' or '-', got {entry_id!r}")
+    check_entry_id("entry_id", entry_id)
     check_namespace("namespace", namespace)
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidArgumentError("prompt", "expected a non-empty string")
+
+
+def check_entry_id(argument: str, entry_id: object) -> str:
+    """Return ``entry_id`` if it can name an entry (:data:`ENTRY_ID`)."""
+    if not isinstance(entry_id, str) or not ENTRY_ID.fullmatch(entry_id):
+        raise InvalidArgumentError(argument, f"expected 1-128 letters, digits, '_' or '-', got {entry_id!r}")
+    return entry_id
 
 
 def check_namespace(argument: str, namespace: object) -> str:

@@ -19,12 +19,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_dynamics, check_int, check_items, check_real, check_tensor
 from ..dynamics import CountedDynamics
+from ..errors import InvalidArgumentError
 from ..sampling import SigmaGrid, integrate
 from ..text import TextEncoder, check_prompts
 from ..transitions import DirectSwitch, Strategy, TransitionRequest, TransitionResult
-from .entry import CacheEntry, CacheKey
+from .entry import CacheEntry, CacheKey, check_namespace
 from .policy import SEED_POLICY, CachePolicy, Decision
 from .store import CacheStore, Match
 
@@ -104,7 +105,7 @@ class CachedGenerator:
         policy: similarity -> resume step and transition length.
         strategy: how a hit continues (default: direct switch).
         namespace: the tenant; look-ups and inserts stay inside it.
-        guidance: classifier-free guidance scale, part of the cache key.
+        guidance: classifier-free guidance scale (a finite number), part of the cache key.
 
     The model's conditions of the last prompts seen are kept (a hit needs the cached prompt's,
     which for SD3 means running the text encoders).
@@ -124,8 +125,16 @@ class CachedGenerator:
         namespace: str = "default",
         guidance: float = 0.0,
     ):
+        check_dynamics("model", model)
+        if not callable(getattr(model, "condition", None)) or not isinstance(getattr(model, "fingerprint", None), str):
+            raise InvalidArgumentError("model", f"expected a PromptModel (velocity, condition and a fingerprint str), got {type(model).__name__}")
+        for name, value, kind in (("encoder", encoder, TextEncoder), ("store", store, CacheStore), ("grid", grid, SigmaGrid),
+                                  ("policy", policy, CachePolicy), ("strategy", strategy, Strategy)):
+            if not isinstance(value, kind):
+                raise InvalidArgumentError(name, f"expected a {kind.__name__}, got {type(value).__name__}")
         self.model, self.encoder, self.store, self.grid = model, encoder, store, grid
-        self.policy, self.strategy, self.namespace, self.guidance = policy, strategy, namespace, guidance
+        self.policy, self.strategy = policy, strategy
+        self.namespace, self.guidance = check_namespace("namespace", namespace), check_real("guidance", guidance)
         self._conditions: OrderedDict[str, Any] = OrderedDict()
         self._conditions_lock = threading.Lock()
 
@@ -166,6 +175,8 @@ class CachedGenerator:
 
     def request(self, lookup: Lookup, cond_b: Any) -> TransitionRequest:
         """The transition request of a hit (``cond_b``: the new prompt's condition)."""
+        if not isinstance(lookup, Lookup) or not lookup.hit:
+            raise InvalidArgumentError("lookup", f"expected the Lookup of a hit, got {lookup!r}")
         entry, d = lookup.entry, lookup.decision
         return TransitionRequest(
             self.model, entry.resume_point(d.resume_step), self.condition(entry.prompt), cond_b,
@@ -176,6 +187,8 @@ class CachedGenerator:
         """Generate ``prompt``: continue a similar cached run on a hit, else from ``noise``
         (sigma = 1) and store the run (:meth:`fill`). ``generator_state``: the state of the
         generator that drew ``noise``, kept in the entry."""
+        if strategy is not None and not isinstance(strategy, Strategy):
+            raise InvalidArgumentError("strategy", f"expected a Strategy or None, got {type(strategy).__name__}")
         lookup = self.lookup(prompt, noise)
         if not lookup.hit:
             return self.fill(lookup.prompt, noise, generator_state=generator_state, embedding=lookup.embedding, lookup=lookup)
@@ -194,11 +207,16 @@ class CachedGenerator:
         lookup: Lookup | None = None,
     ) -> GenerationResult:
         """Generate ``prompt`` from ``noise`` (sigma = 1) and store the run: its states at
-        ``steps`` (default: the ones the policy resumes from), with its velocities there.
-        ``embedding``: the prompt's, if already computed."""
+        ``steps`` (grid steps below the last; default: the ones the policy resumes from), with its
+        velocities there. ``embedding``: the prompt's, if already computed."""
         (prompt,) = check_prompts([prompt])
         noise = check_tensor("noise", noise, ndim_min=1)
-        steps = self.policy.cached_steps(self.grid.steps) if steps is None else sorted(set(steps))
+        if steps is None:
+            steps = self.policy.cached_steps(self.grid.steps)
+        else:
+            steps = sorted({check_int("steps", k, minimum=0, maximum=self.grid.steps - 1) for k in check_items("steps", steps, "grid step indices")})
+        if not steps:
+            raise InvalidArgumentError("steps", "expected at least one step to keep")
         model = CountedDynamics(self.model)
         start = time.perf_counter()
         run = integrate(model, noise, self.grid, self.condition(prompt), keep=steps, generator_state=generator_state)

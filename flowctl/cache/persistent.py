@@ -15,6 +15,7 @@ changes nothing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,15 +108,30 @@ class PersistentStore(Protocol):
         """Release connections and files; the handle is unusable afterwards."""
 
 
-def open_store(location: str | os.PathLike[str], *, secret: bytes | str | None = None, create: bool = True, argument: str = "location") -> PersistentStore:
-    """The persistent store at ``location``: a PostgreSQL URL (``postgresql://...``) opens a
-    :class:`~flowctl.cache.PostgresStore`, anything else is a cache directory
-    (:class:`~flowctl.cache.DiskStore`). ``create=False`` refuses a directory that does not
-    exist (a typo must not create an empty cache); ``argument`` names ``location`` in errors."""
+def store_location(location: object, argument: str = "location") -> tuple[str, bool]:
+    """``(location as text, whether it is a PostgreSQL URL)``; anything else must be a directory
+    path (another URL scheme, or an empty location, is an InvalidArgumentError)."""
     text = os.fspath(location) if isinstance(location, (str, os.PathLike)) else None
     if not text:
         raise InvalidArgumentError(argument, f"expected a cache directory or a postgresql:// URL, got {location!r}")
     if text.startswith(("postgresql://", "postgres://")):
+        return text, True
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise InvalidArgumentError(argument, f"{text!r}: unknown store URL; expected a cache directory or a postgresql:// URL")
+    return text, False
+
+
+def open_store(
+    location: str | os.PathLike[str], *, secret: bytes | str | None = None, create: bool = True, writable: bool = True, argument: str = "location"
+) -> PersistentStore:
+    """The persistent store at ``location``: a PostgreSQL URL (``postgresql://...``) opens a
+    :class:`~flowctl.cache.PostgresStore`, anything else is a cache directory
+    (:class:`~flowctl.cache.DiskStore`). ``create=False`` refuses a directory that does not
+    exist (a typo must not create an empty cache); a directory this process cannot write is
+    refused up front (InvalidArgumentError), or with ``writable=False`` opened for reading only
+    (listing, inspecting). ``argument`` names ``location`` in errors."""
+    text, remote = store_location(location, argument)
+    if remote:
         from .postgres import PostgresStore
 
         return PostgresStore(text, secret=secret)
@@ -126,4 +142,7 @@ def open_store(location: str | os.PathLike[str], *, secret: bytes | str | None =
         raise InvalidArgumentError(argument, f"{text!r} is a file, not a cache directory")
     if not create and not path.is_dir():
         raise InvalidArgumentError(argument, f"no cache directory at {text!r}")
-    return DiskStore(path, secret=secret)
+    read_only = path.is_dir() and not os.access(path, os.W_OK | os.X_OK)
+    if read_only and writable:
+        raise InvalidArgumentError(argument, f"{text!r} is read-only: this process cannot write the cache directory")
+    return DiskStore(path, secret=secret, read_only=read_only)

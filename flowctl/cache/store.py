@@ -27,9 +27,9 @@ from typing import get_args
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_device, check_int, check_items
 from ..errors import InvalidArgumentError, UnknownNameError
-from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_namespace, key_text, unit_embedding
+from .entry import CacheEntry, CacheKey, CacheMissError, IndexRecord, check_entry_id, check_namespace, key_text, unit_embedding
 from .persistent import EvictionPolicy, Match, PersistentStore
 from .search import AnnMode, EmbeddingIndex
 
@@ -64,8 +64,8 @@ class CacheStore:
     thread-safe.
 
     Args:
-        device: the model's device, where the device tier keeps tensors and :meth:`get`
-            returns them.
+        device: the model's device (one this machine has), where the device tier keeps tensors
+            and :meth:`get` returns them.
         device_bytes: budget of the device tier, bytes (0: no device tier).
         host_bytes: budget of the host (CPU) tier, bytes (0: no host tier).
         eviction: "lru" or "benefit".
@@ -86,15 +86,12 @@ class CacheStore:
         persistent: PersistentStore | None = None,
         ann: AnnMode = "never",
     ):
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise InvalidArgumentError("device", str(error)) from None
+        self.device = check_device("device", device)
         self._budget = {
             "device": check_int("device_bytes", device_bytes, minimum=0),
             "host": check_int("host_bytes", host_bytes, minimum=0),
         }
-        if eviction not in get_args(EvictionPolicy):
+        if not isinstance(eviction, str) or eviction not in get_args(EvictionPolicy):
             raise UnknownNameError("eviction", eviction, list(get_args(EvictionPolicy)))
         if persistent is not None and not isinstance(persistent, PersistentStore):
             raise InvalidArgumentError("persistent", f"expected a DiskStore, a PostgresStore or None, got {type(persistent).__name__}")
@@ -131,7 +128,7 @@ class CacheStore:
         store as it was.
 
         Raises:
-            InvalidArgumentError: the id belongs to another namespace, or no tier can hold the
+            InvalidArgumentError: not a CacheEntry, the id belongs to another namespace, or no tier can hold the
                 entry and no persistent store is attached.
             CacheStorageError: the persistent store failed (CacheFullError: out of space).
         """
@@ -164,6 +161,7 @@ class CacheStore:
                 verification and was quarantined).
             CacheStorageError: the persistent store could not be read.
         """
+        check_entry_id("entry_id", entry_id)
         check_namespace("namespace", namespace)
         with self._lock:
             slot = self._slots.get(entry_id)
@@ -203,10 +201,8 @@ class CacheStore:
         query = unit_embedding("embedding", embedding).cpu()
         if namespaces is None:
             allowed = [check_namespace("namespace", namespace)]
-        elif isinstance(namespaces, str) or not isinstance(namespaces, Iterable):
-            raise InvalidArgumentError("namespaces", f"expected an iterable of namespaces, got {namespaces!r}")
         else:
-            allowed = sorted({check_namespace("namespaces", n) for n in namespaces})
+            allowed = sorted({check_namespace("namespaces", n) for n in check_items("namespaces", namespaces, "an iterable of namespaces")})
         if self.persistent is not None:
             return self.persistent.nearest(query, key, allowed)
         with self._lock:
@@ -219,6 +215,7 @@ class CacheStore:
     def remove(self, entry_id: str, *, namespace: str = "default") -> None:
         """Drop the entry from every tier, the persistent store included (CacheMissError if
         absent)."""
+        check_entry_id("entry_id", entry_id)
         check_namespace("namespace", namespace)
         with self._lock:
             slot = self._slots.get(entry_id)

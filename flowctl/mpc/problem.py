@@ -26,7 +26,7 @@ from functools import cached_property
 
 import torch
 
-from .._checks import check_int, check_tensor
+from .._checks import check_int, check_real_values, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
 from ..ocp.problem import SolveStatus
 
@@ -39,7 +39,7 @@ def _vector(name: str, value: float | torch.Tensor | None, n: int, *, default: f
         if default is None:
             return None
         value = default
-    v = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+    v = check_real_values(name, value).detach().to("cpu", torch.float64)
     if v.dim() > 1 or (v.dim() == 1 and v.numel() != n):
         raise ShapeError(name, f"expected a number or shape ({n},), got {tuple(v.shape)}")
     if bool(torch.isnan(v).any()):
@@ -96,7 +96,7 @@ class MPCConfig:
             if name == "q_terminal" and raw is None:
                 raw = self.q
             w = _vector(name, raw, n)
-            if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            if w is None or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
                 raise InvalidArgumentError(name, "weights must be finite and >= 0")
             object.__setattr__(self, attr, w)
         if not bool((self.R + self.S > 0).all()):
@@ -143,6 +143,8 @@ class Linearisation:
             raise InvalidArgumentError("structure", f"expected one of {STRUCTURES}, got {self.structure!r}")
         for name in ("a", "b", "c"):
             check_tensor(name, getattr(self, name), ndim_min=2)
+        if self.c.dim() != 2:
+            raise ShapeError("c", f"expected (Np, nx) affine terms, got {tuple(self.c.shape)}")
         np_, nx = self.c.shape
         expected = {
             "dense": ((np_, nx, nx), (np_, nx, None)),

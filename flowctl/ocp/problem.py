@@ -29,9 +29,9 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_int, check_real, check_tensor
+from .._checks import check_dynamics, check_int, check_real, check_real_values, check_tensor
 from ..dynamics import Dynamics
-from ..errors import FlowctlError, InvalidArgumentError
+from ..errors import FlowctlError, InvalidArgumentError, ShapeError
 from ..sampling import Grid, get_tableau
 from ..systems import ControlSystem
 
@@ -45,7 +45,9 @@ class OptimalControlProblem:
 
     Attributes:
         dynamics: the vector field.
-        grid: control intervals ``t_0 .. t_N``; the control is constant on each.
+        grid: control intervals ``t_0 .. t_N``; the control is constant on each. Any
+            :class:`~flowctl.sampling.Grid`: ordinary time, or a piece of a sigma grid (a
+            transition's horizon), which need not end at sigma = 0.
         x0: initial state at ``t_0`` (a torch tensor; a control system's is ``(n_state,)``).
         control: "input" (``velocity(x, t, u)``) or "additive" (``velocity(x, t, cond) + u``).
         cond: the condition passed to the dynamics with additive control.
@@ -81,14 +83,17 @@ class OptimalControlProblem:
     control_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        check_dynamics("dynamics", self.dynamics)
         if not isinstance(self.grid, Grid):
             raise InvalidArgumentError("grid", f"expected a flowctl Grid, got {type(self.grid).__name__}")
         check_tensor("x0", self.x0, ndim_min=1)
-        if self.control not in CONTROL_MODES:
+        if not isinstance(self.control, str) or self.control not in CONTROL_MODES:
             raise InvalidArgumentError("control", f"expected one of {CONTROL_MODES}, got {self.control!r}")
         if self.control == "input":
             if not isinstance(self.dynamics, ControlSystem):
                 raise InvalidArgumentError("dynamics", "control='input' needs a ControlSystem (it defines n_control)")
+            if self.x0.shape[-1] != self.dynamics.n_state:
+                raise ShapeError("x0", f"expected shape (..., {self.dynamics.n_state}) for {type(self.dynamics).__name__}, got {tuple(self.x0.shape)}")
             shape: tuple[int, ...] = (self.dynamics.n_control,)
         else:
             shape = tuple(self.x0.shape)
@@ -100,7 +105,7 @@ class OptimalControlProblem:
         for name, like in (("u_lower", shape), ("u_upper", shape), ("x_lower", self.x0.shape), ("x_upper", self.x0.shape)):
             value = getattr(self, name)
             if value is not None:
-                bound = torch.as_tensor(value, dtype=self.x0.dtype)
+                bound = check_real_values(name, value).to(self.x0.dtype)
                 if bool(torch.isnan(bound).any()):
                     raise InvalidArgumentError(name, "contains NaN")
                 try:

@@ -18,11 +18,9 @@ import math
 
 import torch
 
-from .._checks import check_real, check_tensor
+from .._checks import check_int, check_real, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
-
-
-SIGMA_ROUNDING = 1e-5
+from ..sampling.grid import SIGMA_ROUNDING
 
 
 class GaussianMixtureFlow:
@@ -39,10 +37,11 @@ class GaussianMixtureFlow:
     def __init__(self, means: torch.Tensor, stds: float | torch.Tensor):
         means = check_tensor("means", means, ndim_min=2)
         k = means.shape[0]
-        stds = torch.as_tensor(stds, dtype=means.dtype, device=means.device)
+        if not isinstance(stds, torch.Tensor):
+            stds = torch.tensor(check_real("stds", stds), dtype=means.dtype)
+        stds = check_tensor("stds", stds).to(dtype=means.dtype, device=means.device)
         if stds.dim() == 0:
             stds = stds.expand(k)
-        check_tensor("stds", stds)
         if stds.shape != (k,):
             raise ShapeError("stds", f"expected a number or shape ({k},), got {tuple(stds.shape)}")
         if not bool((stds > 0).all()):
@@ -92,7 +91,10 @@ class GaussianMixtureFlow:
         return torch.logsumexp(log_w - 0.5 * d2 / var - 0.5 * xf.shape[1] * torch.log(2 * math.pi * var), dim=1)
 
     def sample(self, n: int, weights: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` exact draws of ``x0`` from the mixture with ``weights`` (shape (K,))."""
+        """``n`` exact draws (n >= 1) of ``x0`` from the mixture with ``weights`` (shape (K,))."""
+        n = check_int("n", n, minimum=1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InvalidArgumentError("generator", f"expected a torch.Generator or None, got {type(generator).__name__}")
         w = self._log_weights(weights, 1, self.means).exp()[0]
         k = torch.multinomial(w, n, replacement=True, generator=generator)
         eps = torch.randn((n, *self.event_shape), generator=generator, dtype=self.means.dtype)

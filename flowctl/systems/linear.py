@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidArgumentError, NonFiniteError, ShapeError
+from .._checks import check_real_values
+from ..errors import NonFiniteError, ShapeError
 from .base import ControlSystem
 from .ops import Vector, matvec
 
 
 def _as_matrix(name: str, value: object) -> torch.Tensor:
-    """``value`` as a finite 2-D float64 CPU tensor, detached and copied."""
-    try:
-        matrix = torch.as_tensor(value, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise InvalidArgumentError(name, f"expected a real matrix, got {value!r}") from exc
+    """``value`` (real numbers, integers included) as a finite 2-D float64 CPU tensor, detached
+    and copied."""
+    matrix = check_real_values(name, value).to(torch.float64)
     if matrix.dim() != 2:
         raise ShapeError(name, f"expected a 2-D matrix, got shape {tuple(matrix.shape)}")
     if not bool(torch.isfinite(matrix).all()):

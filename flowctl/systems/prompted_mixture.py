@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_int, check_real, check_tensor
+from .._checks import check_finite, check_int, check_real, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
 from ..text import TextEncoder, check_prompts
 from .gaussian_mixture import GaussianMixtureFlow
-from .shapes import captioned_shapes
+from .shapes import MAX_SIZE, captioned_shapes
 
 DEFAULT_STD = 0.5
 DEFAULT_TEMPERATURE = 0.05
@@ -38,10 +38,19 @@ DEFAULT_PULL = 0.5
 @dataclass(frozen=True, eq=False)
 class PromptCondition:
     """What a prompt sets: mixture weights (K,) or (n, K) and the offset of every component's
-    mean, (*event_shape) or (n, *event_shape), in data units."""
+    mean, (*event_shape) or (n, *event_shape), in data units (n prompts for a batch of n)."""
 
     weights: torch.Tensor
     offset: torch.Tensor
+
+    def __post_init__(self) -> None:
+        weights = check_tensor("weights", self.weights, ndim_min=1, finite=False)
+        offset = check_tensor("offset", self.offset, ndim_min=1, finite=False)
+        if weights.dim() > 2:
+            raise ShapeError("weights", f"expected (K,) or (n, K), got {tuple(weights.shape)}")
+        if weights.dim() == 2 and offset.shape[0] != weights.shape[0]:
+            raise ShapeError("offset", f"expected one offset per prompt, {weights.shape[0]}, got shape {tuple(offset.shape)}")
+        check_finite(("weights", weights), ("offset", offset))
 
 
 class PromptedMixtureFlow:
@@ -51,7 +60,7 @@ class PromptedMixtureFlow:
         encoder: the text encoder for prompts and captions (its ``name`` enters
             :attr:`fingerprint`).
         components: number of captioned shape images K (the component means).
-        size: image side, pixels; each mean is (3, size, size) in [-1, 1].
+        size: image side, pixels (8 to 1024); each mean is (3, size, size) in [-1, 1].
         std: standard deviation of every component, data units (broad: the default 0.5 is a
             quarter of the data range, so neighbouring prompts blend rather than snap).
         temperature: softmax temperature on cosine similarities. At the default 0.05 a cosine
@@ -76,7 +85,7 @@ class PromptedMixtureFlow:
         seed: int = 0,
     ):
         components = check_int("components", components, minimum=1)
-        size = check_int("size", size, minimum=8)
+        size = check_int("size", size, minimum=8, maximum=MAX_SIZE)
         seed = check_int("seed", seed, minimum=0)
         images, captions = captioned_shapes(components, size, seed)
         self._setup(images, captions, encoder, std, temperature, pull, f"shapes-K{components}-S{size}-seed{seed}")
@@ -168,18 +177,29 @@ class PromptedMixtureFlow:
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: PromptCondition) -> torch.Tensor:
         """``E[eps - x0 | x_sigma = x]`` at sigma ``t``: the mixture's velocity shifted by the offset
         d, ``v(x - (1 - sigma) d) - d`` (data x0 + d sits at ``x + (1 - sigma) d``)."""
-        cond = self._check_condition(cond)
-        a = 1.0 - float(t)
+        x = check_tensor("x", x, ndim_min=1, finite=False)
+        a = 1.0 - check_real("t", t)
+        cond = self._check_condition(cond, x, "x")
         return self.mixture.velocity(x - a * cond.offset, t, cond.weights) - cond.offset
 
     def log_prob(self, x0: torch.Tensor, cond: PromptCondition) -> torch.Tensor:
         """Log density (nats) of data ``x0`` (B, *event_shape) under the prompt's distribution."""
-        cond = self._check_condition(cond)
+        x0 = check_tensor("x0", x0, ndim_min=1, finite=False)
+        cond = self._check_condition(cond, x0, "x0")
         return self.mixture.log_prob(x0 - cond.offset, cond.weights)
 
-    def _check_condition(self, cond: object) -> PromptCondition:
+    def _check_condition(self, cond: object, x: torch.Tensor, name: str) -> PromptCondition:
+        """``cond`` if it is a condition for the batch ``x`` of this flow's images (metadata only:
+        the condition checked its values when it was made)."""
+        event = self.event_shape
+        if x.shape[1:] != event:
+            raise ShapeError(name, f"expected shape (B, {', '.join(map(str, event))}), got {tuple(x.shape)}")
         if not isinstance(cond, PromptCondition):
             raise InvalidArgumentError("cond", f"expected a PromptCondition (from condition()), got {type(cond).__name__}")
+        if cond.offset.shape not in (event, (x.shape[0], *event)):
+            raise ShapeError("cond.offset", f"expected {tuple(event)} or ({x.shape[0]}, {', '.join(map(str, event))}) for {name} of shape {tuple(x.shape)}, got {tuple(cond.offset.shape)}")
+        if cond.offset.device != x.device:
+            raise InvalidArgumentError("cond.offset", f"is on {cond.offset.device}, {name} on {x.device}")
         return cond
 
     def __repr__(self) -> str:

@@ -54,6 +54,7 @@ OPPOSITE_PAIRS = (
 )
 SUPERSAMPLE = 4
 MAX_COUNT = 100_000  # of some 500 000 distinct captions: redrawing repeats stays cheap
+MAX_SIZE = 1024  # pixels a side: supersampled, a larger image would take gigabytes
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Shape:
 
     def __post_init__(self) -> None:
         for name, known in (("kind", SHAPES), ("colour", COLOURS), ("size", RADII), ("position", POSITIONS)):
-            if getattr(self, name) not in known:
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in known:
                 raise UnknownNameError(name, getattr(self, name), list(known))
 
     def phrase(self) -> str:
@@ -112,10 +113,13 @@ def _inside(kind: str, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
 
 
 def render(background: str, shapes: tuple[Shape, ...], size: int = 32) -> torch.Tensor:
-    """The image of ``shapes`` (painted in order) on ``background``: (3, size, size) in [-1, 1]."""
-    if background not in COLOURS:
+    """The image of ``shapes`` (painted in order) on ``background``: (3, size, size) in [-1, 1],
+    size 8 to :data:`MAX_SIZE` pixels."""
+    if not isinstance(background, str) or background not in COLOURS:
         raise UnknownNameError("background", background, list(COLOURS))
-    size = check_int("size", size, minimum=8)
+    if not (isinstance(shapes, (tuple, list)) and all(isinstance(s, Shape) for s in shapes)):
+        raise InvalidArgumentError("shapes", f"expected a tuple of Shape, got {shapes!r}")
+    size = check_int("size", size, minimum=8, maximum=MAX_SIZE)
     n = size * SUPERSAMPLE
     c = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 - 1  # sample centres in (-1, 1)
     y, x = torch.meshgrid(c, c, indexing="ij")  # y grows downwards
@@ -159,7 +163,7 @@ def captioned_shapes(count: int, size: int = 32, seed: int = 0) -> tuple[torch.T
     count = check_int("count", count, minimum=1)
     if count > MAX_COUNT:
         raise InvalidArgumentError("count", f"must be <= {MAX_COUNT}, got {count}")
-    size = check_int("size", size, minimum=8)
+    size = check_int("size", size, minimum=8, maximum=MAX_SIZE)
     rng = random.Random(check_int("seed", seed, minimum=0))
     scenes: dict[str, tuple[str, tuple[Shape, ...]]] = {}
     while len(scenes) < count:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_int, check_real, check_same_shape, check_tensor
+from .._checks import check_dynamics, check_finite, check_int, check_real, check_tensor
 from ..dynamics import DEFAULT_COST, Dynamics, NFECounter, check_cost
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus
@@ -31,9 +31,10 @@ class TransitionRequest:
 
     Attributes:
         model: the flow model (uncounted; each strategy counts its own calls).
-        point: A's state at the resume step, with its grid (a :class:`SigmaGrid`), method and
-            starting noise.
-        cond_a, cond_b: the conditions of the cached prompt A and the new prompt B.
+        point: A's state at the resume step, batched (B, ...), with its grid (a
+            :class:`SigmaGrid`: from sigma_0 down to exactly 0), method and starting noise.
+        cond_a, cond_b: the conditions of the cached prompt A and the new prompt B (checked by
+            the model, at its first evaluation).
         horizon: transition length H in grid steps (>= 1), cut to the steps that remain.
         similarity: the prompts' similarity, if known (some strategies adapt to it).
         cost: the model's cost of a call by kind relative to a forward call (``{"forward": 1,
@@ -50,6 +51,7 @@ class TransitionRequest:
     cost: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
+        check_dynamics("model", self.model)
         if not isinstance(self.point, ResumePoint):
             raise InvalidArgumentError("point", f"expected a ResumePoint, got {type(self.point).__name__}")
         if not isinstance(self.point.grid, SigmaGrid):
@@ -60,11 +62,9 @@ class TransitionRequest:
         object.__setattr__(self, "horizon", min(self.horizon, self.point.remaining_steps))
         if self.similarity is not None:
             object.__setattr__(self, "similarity", check_real("similarity", self.similarity, low=-1.0, high=1.0))
-        state = check_tensor("point.state", self.point.state)
-        for name in ("noise", "velocity"):
-            other = getattr(self.point, name)
-            if other is not None:
-                check_same_shape(f"point.{name}", check_tensor(f"point.{name}", other), "point.state", state)
+        # the point checked shapes and dtypes when it was made; a batch axis and finiteness here
+        check_tensor("point.state", self.point.state, ndim_min=2, finite=False)
+        check_finite(*((f"point.{name}", x) for name in ("state", "noise", "velocity") if (x := getattr(self.point, name)) is not None))
         object.__setattr__(self, "cost", {**DEFAULT_COST, **({} if self.cost is None else check_cost("cost", self.cost))})
 
     @property
@@ -160,6 +160,13 @@ def planning_counter(request: TransitionRequest, budget: float) -> NFECounter:
 def merged(*counters: NFECounter) -> dict[str, float]:
     """Evaluations by kind over several counters."""
     return dict(sum((c.by_kind for c in counters), Counter()))
+
+
+def check_request(request: object) -> TransitionRequest:
+    """Return ``request`` if it is a :class:`TransitionRequest` (checked when it was made)."""
+    if not isinstance(request, TransitionRequest):
+        raise InvalidArgumentError("request", f"expected a TransitionRequest, got {type(request).__name__}")
+    return request
 
 
 def finish_with(model: Dynamics, x: torch.Tensor, request: TransitionRequest, step: int) -> torch.Tensor:

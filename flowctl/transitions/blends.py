@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..dynamics import BlendedDynamics, CountedDynamics
-from ..schedules import SCHEDULES, make_schedule
+from ..schedules import BLENDS, make_schedule
 from ..errors import UnknownNameError
 from ..sampling import resume
-from .base import PhaseClock, TransitionRequest, TransitionResult
+from .base import PhaseClock, TransitionRequest, TransitionResult, check_request
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DirectSwitch:
         return "direct switch"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        model = CountedDynamics(request.model)
+        model = CountedDynamics(check_request(request).model)
         clock = PhaseClock()
         with clock.phase("continuation"):
             final = resume(model, request.point, request.cond_b, keep="final").final
@@ -40,15 +40,15 @@ class Blend:
     schedule: str = "linear"
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES or self.schedule in ("step", "adaptive"):
-            raise UnknownNameError("schedule", self.schedule, ["linear", "cosine", "sigmoid"])
+        if self.schedule not in BLENDS:
+            raise UnknownNameError("schedule", self.schedule, list(BLENDS))
 
     @property
     def name(self) -> str:
         return f"{self.schedule} blend"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        model = CountedDynamics(request.model)
+        model = CountedDynamics(check_request(request).model)
         blended = BlendedDynamics(model, make_schedule(self.schedule, request.horizon), request.grid, request.step)
         clock = PhaseClock()
         with clock.phase("continuation"):

@@ -18,7 +18,7 @@ import torch
 from .._checks import check_int, check_real
 from ..dynamics import CountedDynamics, Dynamics
 from ..sampling import Grid, integrate
-from .base import PhaseClock, TransitionRequest, TransitionResult
+from .base import PhaseClock, TransitionRequest, TransitionResult, check_request
 
 SIGMA_GAP = 1e-6  # v_cond is undefined at sigma = 1; the controller is off there
 
@@ -74,7 +74,7 @@ class ClosedFormController:
         return f"closed-form controller (eta {self.eta:g})"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        model = CountedDynamics(request.model)
+        model = CountedDynamics(check_request(request).model)
         k = request.step
         window = request.horizon if self.window is None else self.window
         field = NoiseConsistencyField(model, request.noise, self.eta, request.grid, k, k + window)

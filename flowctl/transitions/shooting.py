@@ -31,8 +31,8 @@ from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, To
 from ..ocp.problem import TRANSCRIPTIONS
 from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from ..sampling import EULER, rk_step
-from ..schedules import make_schedule
-from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with, merged, planning_counter
+from ..schedules import BLENDS, make_schedule
+from .base import PhaseClock, TransitionRequest, TransitionResult, check_request, finish_with, merged, planning_counter
 from .secant import SecantCorrection, SecantStep
 from .surrogate import A as SURROGATE_A
 from .surrogate import B as SURROGATE_B
@@ -91,7 +91,14 @@ class Shooting:
         if self.terminal not in TERMINALS:
             raise UnknownNameError("terminal", self.terminal, list(TERMINALS))
         check_int("segments", self.segments, minimum=1)
-        make_schedule(self.schedule, 1)
+        if self.schedule not in BLENDS:
+            raise UnknownNameError("schedule", self.schedule, list(BLENDS))
+        if not isinstance(self.weights, TransitionWeights):
+            raise InvalidArgumentError("weights", f"expected TransitionWeights, got {type(self.weights).__name__}")
+        for name in ("terminal", "effort", "smoothness"):
+            check_real(f"weights.{name}", getattr(self.weights, name), nonnegative=True)
+        if not isinstance(self.solver, LeastSquaresOptions):
+            raise InvalidArgumentError("solver", f"expected LeastSquaresOptions, got {type(self.solver).__name__}")
 
     @property
     def differentiates(self) -> bool:
@@ -131,6 +138,7 @@ class Shooting:
         return result, solver
 
     def run(self, request: TransitionRequest) -> TransitionResult:
+        check_request(request)
         clock = PhaseClock()
         with clock.phase("planning"):
             fields = _Fields.of(self, request)
@@ -190,10 +198,9 @@ class ShootingMPC:
     max_replans: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.jacobian, (DiagonalJacobian, ColouredJacobian)) or (
-            isinstance(self.jacobian, ColouredJacobian) and self.jacobian.block is None
-        ):
-            raise InvalidArgumentError("jacobian", "expected DiagonalJacobian(radius=...) or ColouredJacobian(block=...)")
+        if not isinstance(self.shooting, Shooting):
+            raise InvalidArgumentError("shooting", f"expected a Shooting planner, got {type(self.shooting).__name__}")
+        check_image_jacobian("jacobian", self.jacobian)
         check_int("horizon", self.horizon, minimum=1)
         check_real("tracking", self.tracking, nonnegative=True)
         check_real("effort", self.effort, positive=True)
@@ -210,8 +217,11 @@ class ShootingMPC:
         return f"shooting + MPC ({self.shooting.name})"
 
     def run(self, request: TransitionRequest) -> TransitionResult:
+        x = check_request(request).point.state
+        if self.differentiates:  # the exact model's linearisation estimates image batches
+            _check_image_batch(x, self.jacobian)
         clock = PhaseClock()
-        k, horizon, grid, x = request.step, request.horizon, request.grid, request.point.state
+        k, horizon, grid = request.step, request.horizon, request.grid
         with clock.phase("planning"):
             fields = _Fields.of(self.shooting, request)
             planned = self.shooting.plan(request, fields.planning, x, k, horizon)
@@ -393,6 +403,22 @@ class _Scaled(NFECounter):
     def add(self, n: float = 1.0, *, kind: str | None = None) -> None:
         self.counter.add(n * self.sides, kind=kind)
         super().add(n, kind=kind)
+
+
+def check_image_jacobian(name: str, jacobian: object) -> None:
+    """Raise unless ``jacobian`` is an estimator :class:`ShootingMPC` can linearise with."""
+    if not isinstance(jacobian, (DiagonalJacobian, ColouredJacobian)) or (isinstance(jacobian, ColouredJacobian) and jacobian.block is None):
+        raise InvalidArgumentError(name, f"expected DiagonalJacobian(radius=...) or ColouredJacobian(block=...), got {jacobian!r}")
+
+
+def _check_image_batch(x: torch.Tensor, jacobian: DiagonalJacobian | ColouredJacobian) -> None:
+    """Raise unless ``x`` is an image batch (B, C, H, W) whose (C, B*H, W) layout the estimator's
+    blocks tile."""
+    if x.dim() != 4:
+        raise ShapeError("point.state", f"shooting + MPC on the exact model linearises image batches (B, C, H, W), got {tuple(x.shape)}")
+    block = getattr(jacobian, "block", None)
+    if block is not None and (x.shape[0] * x.shape[2] % block[0] or x.shape[3] % block[1]):
+        raise ShapeError("point.state", f"the Jacobian's blocks {block} do not tile the batch's (B*H, W) = {(x.shape[0] * x.shape[2], x.shape[3])}")
 
 
 def _image_batch_estimate(estimator, field, x: torch.Tensor, counter: NFECounter) -> JacobianEstimate:
