@@ -38,7 +38,7 @@ from flowctl.adapters.sd3.strategies import make_strategy
 
 # The benchmark's defaults on a checkpoint of any family (BenchConfig's fields), before the
 # command line's options: the strategies within one evaluation of the direct switch.
-CHEAP = ("direct", "linear", "sigmoid", "closed-form", "secant")
+CHEAP = ("direct", "linear", "sigmoid", "closed-form", "secant", "offset")
 CHECKPOINT_BENCH = BenchConfig(seeds=1, pairs_per_bucket=1, sweep_pairs=0, repeats=1, shooting_iterations=2, strategies=CHEAP)
 CHECKPOINT_QUICK = dict(steps=8)
 

@@ -58,6 +58,33 @@ def test_a_zero_correction_is_the_direct_switch_bit_for_bit(setup):
     assert SecantCorrection(min_reduction=1.0).run(request(setup)).fallbacks == 2  # both samples
 
 
+def test_the_offset_costs_nothing_beyond_the_direct_switch_and_steps_on_the_straight_flow_model(setup):
+    flow, w_a, w_b, run_a, _ = setup
+    req = request(setup)
+    direct = DirectSwitch().run(req)
+    offset = make_strategy("offset").run(req)
+    assert offset.nfe == direct.nfe and offset.status is SolveStatus.SOLVED and offset.fallbacks == 0
+    # by hand: the full straight-flow offset, B's velocity there by the straight-flow Jacobian I / s
+    grid, x = req.grid, req.point.state
+    s = grid.t(K)
+    v_b = flow.velocity(x, s, w_b)
+    delta = -s * (1 - s) * (v_b - req.point.velocity)
+    x = x + delta + (grid.t(K + 1) - s) * (v_b + delta / s)
+    for k in range(K + 1, grid.steps):
+        x = x + (grid.t(k + 1) - grid.t(k)) * flow.velocity(x, grid.t(k), w_b)
+    torch.testing.assert_close(offset.final, x, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(offset.final, direct.final)
+
+
+def test_the_offset_without_a_cached_velocity_needs_one_evaluation(setup):
+    direct = DirectSwitch().run(request(setup))
+    short = SecantCorrection(budget=0.0, trial=False).run(request(setup, velocity=False))
+    assert short.status is SolveStatus.BUDGET and torch.equal(short.final, direct.final)
+    missing = SecantCorrection(budget=1.0, trial=False).run(request(setup, velocity=False))
+    assert missing.nfe["forward"] == direct.nfe["forward"] + 1
+    torch.testing.assert_close(missing.final, SecantCorrection(trial=False).run(request(setup)).final)
+
+
 class _Misleading:
     """B's field as the flow has it at A's state, but pushing against any move away from it: the
     straight-flow correction makes the noise-consistency residual worse."""
@@ -89,7 +116,7 @@ def test_a_missing_velocity_is_evaluated_within_the_budget(setup):
 
 
 @settings(max_examples=12, deadline=None)
-@given(budget=st.floats(min_value=0.0, max_value=60.0), planner=st.sampled_from(["secant", "shooting", "multiple-shooting", "mpc"]))
+@given(budget=st.floats(min_value=0.0, max_value=60.0), planner=st.sampled_from(["secant", "offset", "shooting", "multiple-shooting", "mpc"]))
 def test_budgets_are_never_exceeded(setup, budget, planner):
     direct = DirectSwitch().run(request(setup)).nfe["forward"]
     strategy = make_strategy(planner, shooting_iterations=2, budget=budget)
@@ -128,9 +155,8 @@ def test_bad_costs_and_velocities_are_typed_errors(setup):
     with pytest.raises(InvalidArgumentError, match="cost"):
         request(setup, cost={"forward": math.nan})
     point = run_a.resume_point(K)
-    wrong = ResumePoint(point.state, K, point.grid, point.method, point.noise, velocity=point.state[:1])
-    with pytest.raises(ShapeError, match="point.velocity"):
-        TransitionRequest(flow, wrong, w_a, w_b)
+    with pytest.raises(ShapeError, match="velocity"):  # the resume point refuses it when made
+        ResumePoint(point.state, K, point.grid, point.method, point.noise, velocity=point.state[:1])
 
 
 @pytest.mark.parametrize("transcription", ["single", "multiple"])

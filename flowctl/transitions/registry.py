@@ -15,9 +15,9 @@ from .base import Strategy
 from .blends import Blend, DirectSwitch
 from .closed_form import ClosedFormController
 from .secant import SecantCorrection
-from .shooting import Shooting, ShootingMPC
+from .shooting import Shooting, ShootingMPC, check_image_jacobian
 
-STRATEGY_NAMES = ("direct", "linear", "sigmoid", "closed-form", "secant", "shooting", "multiple-shooting", "velocity-shooting", "mpc")
+STRATEGY_NAMES = ("direct", "linear", "sigmoid", "closed-form", "secant", "offset", "shooting", "multiple-shooting", "velocity-shooting", "mpc")
 
 
 def make_strategy(
@@ -29,7 +29,8 @@ def make_strategy(
 ) -> Strategy:
     """The strategy called ``name`` (one of :data:`STRATEGY_NAMES`).
 
-    "secant" is :class:`SecantCorrection`; "shooting" is single shooting to the 16-segment noise
+    "secant" is :class:`SecantCorrection`, "offset" the same without its trial evaluation (open
+    loop, no extra evaluation); "shooting" is single shooting to the 16-segment noise
     anchor, "multiple-shooting" the same with segment nodes as unknowns, "velocity-shooting"
     single shooting to the seed's velocity consistency, all with at most
     ``shooting_iterations`` Levenberg-Marquardt steps; "mpc" is the single-shooting plan
@@ -38,6 +39,8 @@ def make_strategy(
     """
     check_int("shooting_iterations", shooting_iterations, minimum=1)
     check_budget("budget", budget)
+    if mpc_jacobian is not None:
+        check_image_jacobian("mpc_jacobian", mpc_jacobian)
     if name not in STRATEGY_NAMES:
         raise UnknownNameError("strategy", name, list(STRATEGY_NAMES))
     solver = LeastSquaresOptions(max_iterations=shooting_iterations, constraint_tol=1e-4)
@@ -48,6 +51,7 @@ def make_strategy(
         "sigmoid": lambda: Blend("sigmoid"),
         "closed-form": ClosedFormController,
         "secant": lambda: SecantCorrection(budget=budget),
+        "offset": lambda: SecantCorrection(budget=budget, trial=False),
         "shooting": lambda: single,
         "multiple-shooting": lambda: Shooting("multiple", "noise", solver=solver, budget=budget),
         "velocity-shooting": lambda: Shooting("single", "velocity", solver=solver, budget=budget),

@@ -21,6 +21,11 @@ own steps. Cost: one NFE more than the direct switch from the same step.
 Safeguard: where the secant model predicts that no step length reduces the residual by
 ``min_reduction``, the sample continues as the direct switch, bit for bit, and is counted in the
 result's ``fallbacks``.
+
+Without the trial (``trial=False``, the strategy "offset") the straight-flow model stands in for
+it: B's velocity at ``x + beta delta`` is taken as ``v_B(x) + beta delta / s`` (the Jacobian
+``I / s`` of a straight flow) and ``beta`` is ``max_step``. This costs nothing beyond the direct
+switch, but is open loop: nothing checks the step, so there is no safeguard.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from ..dynamics import CountedDynamics, check_budget
 from ..errors import InvalidArgumentError
 from ..ocp.problem import SolveStatus
 from ..sampling import EULER, rk_step
-from .base import PhaseClock, TransitionRequest, TransitionResult, finish_with, merged, planning_counter
+from .base import PhaseClock, TransitionRequest, TransitionResult, check_request, finish_with, merged, planning_counter
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,23 +87,30 @@ class SecantCorrection:
         budget: NFE-equivalents the planner may spend beyond the direct switch (a finite number
             >= 0): the trial evaluation costs 1, and A's velocity 1 more where the cache did not
             keep it. Below what it needs it continues as the direct switch with status "budget".
-        max_step: the largest step length ``beta`` (1 is the full straight-flow offset).
+        max_step: the largest step length ``beta`` (1 is the full straight-flow offset); without
+            the trial, the step length.
         min_reduction: the relative reduction of the residual the secant model must predict for
             the correction to be applied; below it the sample falls back to the direct switch.
+        trial: whether to evaluate B at the offset state and choose the length by the secant
+            (one forward, safeguarded); False: the straight-flow model instead (no evaluation,
+            no safeguard; the strategy "offset").
     """
 
     budget: float = 1.0
     max_step: float = 1.0
     min_reduction: float = 0.0
+    trial: bool = True
 
     def __post_init__(self) -> None:
         check_budget("budget", self.budget)
         check_real("max_step", self.max_step, positive=True)
         check_real("min_reduction", self.min_reduction, low=0.0, high=1.0)
+        if not isinstance(self.trial, bool):
+            raise InvalidArgumentError("trial", f"expected True or False, got {self.trial!r}")
 
     @property
     def name(self) -> str:
-        return "secant correction"
+        return "secant correction" if self.trial else "straight-flow offset"
 
     def step(self, request: TransitionRequest, v_b: torch.Tensor, planner: CountedDynamics) -> SecantStep:
         """The correction at the request's state, given ``v_b = v_B(x)``; ``planner`` counts (and
@@ -106,19 +118,21 @@ class SecantCorrection:
         x, sigma = request.point.state, request.grid.t(request.step)
         none = torch.zeros((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
         v_a = request.point.velocity
-        needed = request.cost["forward"] * (1 + (v_a is None))
+        needed = request.cost["forward"] * (self.trial + (v_a is None))
         if needed > self.budget:
             message = f"needs {needed:g} NFE-equivalents, the budget is {self.budget:g}: continued as the direct switch"
             return SecantStep(none, torch.zeros_like(x), v_b, v_b, None, SolveStatus.BUDGET, message)
         if v_a is None:
             v_a = planner.velocity(x, sigma, request.cond_a)
         delta = -sigma * (1 - sigma) * (v_b - v_a)
+        if not self.trial:
+            return SecantStep(none + self.max_step, delta, v_b, v_b + delta / sigma, v_a, SolveStatus.SOLVED)
         v_trial = planner.velocity(x + delta, sigma, request.cond_b)
         beta = self._step_length((1 - sigma) * (v_b - v_a), delta + (1 - sigma) * (v_trial - v_b)).to(x.dtype)
         return SecantStep(beta, delta, v_b, v_trial, v_a, SolveStatus.SOLVED)
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        if request.point.method != "euler":
+        if check_request(request).point.method != "euler":
             raise InvalidArgumentError("point", f"the secant correction continues Euler runs, not {request.point.method!r}")
         model = CountedDynamics(request.model)
         planner = CountedDynamics(request.model, planning_counter(request, self.budget))
