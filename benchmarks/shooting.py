@@ -23,7 +23,9 @@ median; quality and NFE are deterministic and taken from the last plan), then co
 plain Euler under prompt B to the end of the grid.
 
     .venv/bin/python benchmarks/shooting.py [--repeats 20] [--torch-repeats 3]
-        [--transition-repeats 3] [--out results/shooting.json]
+        [--transition-repeats 3] [--van-der-pol-only] [--out results/shooting.json]
+
+``--van-der-pol-only`` skips the transition part (its report then has no "transition" entry).
 """
 
 from __future__ import annotations
@@ -420,6 +422,7 @@ def main() -> None:
     parser.add_argument("--builds", type=int, default=3, help="builds per CasADi row")
     parser.add_argument("--torch-repeats", type=int, default=3, help="timed solves per seconds-long dense torch Van der Pol row")
     parser.add_argument("--transition-repeats", type=int, default=3, help="plans per transition shooting row")
+    parser.add_argument("--van-der-pol-only", action="store_true", help="skip the transition part")
     parser.add_argument("--out", type=Path, default=Path("results/shooting.json"))
     args = parser.parse_args()
     for name in ("repeats", "builds", "torch_repeats", "transition_repeats"):
@@ -428,7 +431,7 @@ def main() -> None:
 
     start = time.perf_counter()
     van_der_pol = van_der_pol_section(args)
-    transition = transition_section(args)
+    transition = None if args.van_der_pol_only else transition_section(args)
     total = time.perf_counter() - start
     print(f"\nTotal run time: {total:.1f} s on {os.cpu_count()} CPU core(s), torch threads 1.")
 
@@ -442,7 +445,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "total_run_s": total,
         "van_der_pol": van_der_pol,
-        "transition": transition,
+        **({} if transition is None else {"transition": transition}),
     }
     args.out.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     print(f"wrote {args.out}")

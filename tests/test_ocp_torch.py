@@ -23,7 +23,7 @@ from flowctl.ocp.least_squares import Residuals, _Point, solve_least_squares
 from flowctl.ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from flowctl.sampling import Grid
 from flowctl.schedules import LinearSchedule, StepSchedule
-from flowctl.systems import DoubleIntegrator, LinearSystem, ops
+from flowctl.systems import CartPole, ControlSystem, DoubleIntegrator, LinearSystem, ops
 
 F64 = torch.float64
 
@@ -40,9 +40,10 @@ def test_van_der_pol_reaches_the_optimum_to_1e_6(transcription):
     if transcription == "single":  # 20 unknowns: J from one forward product per unknown after recording J'w
         assert result.nfe["forward"] > 0 and result.nfe["jvp"] == 20 * result.nfe["vjp"] > 0
     else:  # the intervals as one batch: 16 calls a pass (4 steps x 4 stages), after a rollout of 320;
-        # J from 50 reverse products (2 end-state and 48 stage-cost components) of those 16 calls
+        # J from forward sensitivities: f's Jacobian at the stage points, 2 reverse products (one per
+        # state component) of each of a pass's 16 calls
         assert result.nfe["forward"] % 16 == 0 and result.nfe["forward"] > 320
-        assert "jvp" not in result.nfe and result.nfe["vjp"] % (50 * 16) == 0 and result.nfe["vjp"] > 0
+        assert "jvp" not in result.nfe and result.nfe["vjp"] % (2 * 16) == 0 and result.nfe["vjp"] > 0
     assert result.iterations > 0 and result.wall_time > 0
 
 
@@ -58,6 +59,7 @@ UNDERDETERMINED = OptimalControlProblem(
 )
 SMALL = {
     "van der pol, single": (van_der_pol_problem(intervals=4, horizon=4.0, substeps=1), "single"),
+    "van der pol, multiple": (van_der_pol_problem(intervals=4, horizon=4.0, substeps=2), "multiple"),
     "linear-quadratic, single": (LINEAR_QUADRATIC, "single"),
     "linear-quadratic, multiple": (LINEAR_QUADRATIC, "multiple"),
     "underdetermined, single": (UNDERDETERMINED, "single"),
@@ -91,9 +93,33 @@ EVERY_BLOCK = OptimalControlProblem(
     x_lower=torch.tensor([-0.5, -math.inf], dtype=F64), x_upper=torch.tensor([math.inf, 1.15], dtype=F64),
     method="rk4", substeps=2,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Steered(ControlSystem):
+    """Two inputs, time-varying: ``x' = (1 + t / 5) (x2 + u1, -sin(x1) + u2 (1 + x1^2))`` (``t``
+    a number, or the batched path's ``(N, 1)`` column of times)."""
+
+    state_names = ("x1", "x2")
+    control_names = ("u1", "u2")
+
+    def f(self, x, u, t):
+        x1, x2 = ops.split(x)
+        u1, u2 = ops.split(u)
+        return ops.stack([x2 + u1, -ops.sin(x1) + u2 * (1 + x1**2)]) * (1 + t / 5)
+
+
 BATCHED = {
     "van der pol": van_der_pol_problem(intervals=6, horizon=6.0, substeps=2),
     "every block": EVERY_BLOCK,
+    "cart-pole": OptimalControlProblem(
+        dynamics=CartPole(), grid=Grid.uniform(0.0, 1.0, 4), x0=torch.tensor([0.0, 0.0, 0.2, 0.0], dtype=F64),
+        stage_residual=lambda x, u, t: ops.concat(x, 0.1 * u), terminal_residual=lambda x: x, method="rk4", substeps=2,
+    ),
+    "two inputs, time-varying, no stage cost": OptimalControlProblem(
+        dynamics=_Steered(), grid=Grid.uniform(0.5, 2.0, 3), x0=torch.tensor([0.3, -0.2], dtype=F64),
+        terminal_residual=lambda x: x - 0.1, control_weight=0.1, method="rk4", substeps=3,
+    ),
     "heun, one interval": OptimalControlProblem(
         dynamics=DoubleIntegrator(), grid=Grid.uniform(0.0, 1.0, 1), x0=torch.tensor([1.0, 0.0], dtype=F64),
         stage_residual=lambda x, u, t: ops.concat(x, u), terminal_residual=lambda x: x, method="heun", substeps=3,
@@ -107,17 +133,27 @@ def _multiple(problem, batch_intervals, **least_squares):
 
 
 @pytest.mark.parametrize("name", sorted(BATCHED))
-def test_batched_jacobian_equals_the_one_from_generic_products(name):
+def test_forward_sensitivities_equal_the_autograd_jacobian(name):
+    """Dense steps' J (forward sensitivities, the pass not recorded) against J from reverse
+    products through the recorded pass; and their normal equations, the objective rows' J'J
+    formed from the intervals' blocks."""
     problem = BATCHED[name]
     solver = _multiple(problem, batch_intervals=True)
     gen = torch.Generator().manual_seed(0)  # a point off the dynamics, some bounds violated
-    controls = 0.5 * torch.randn(problem.intervals, 1, generator=gen, dtype=F64)
-    nodes = solver.rollout(problem.x0, controls)[1:] + 0.1 * torch.randn(problem.intervals, 2, generator=gen, dtype=F64)
+    controls = 0.5 * torch.randn(problem.intervals, *problem.control_shape, generator=gen, dtype=F64)
+    nodes = solver.rollout(problem.x0, controls)[1:] + 0.1 * torch.randn(problem.intervals, *problem.x0.shape, generator=gen, dtype=F64)
     x0, z, counter = problem.x0, [controls, nodes], NFECounter()
-    structured = _Point(lambda z: solver._residuals(x0, z), z, counter)
-    generic = _Point(lambda z: dataclasses.replace(solver._residuals(x0, z), jacobian=None), z, counter)
+    structured = _Point(lambda z: solver._residuals(x0, z, record=False), z, counter)
+    generic = _Point(lambda z: dataclasses.replace(solver._residuals(x0, z), jacobian=None, objective_gram=None), z, counter)
+    with torch.enable_grad():  # the intervals' pass is not recorded: their stage costs carry no graph
+        assert not solver._residuals(x0, [t.clone().requires_grad_(True) for t in z], record=False).objective[0].requires_grad
     torch.testing.assert_close(structured.residual, generic.residual, atol=0, rtol=0)
-    torch.testing.assert_close(structured.jacobian(), generic.jacobian(), atol=1e-12, rtol=0)
+    jac = generic.jacobian()
+    torch.testing.assert_close(structured.jacobian(), jac, atol=1e-10, rtol=0)
+    r, d = torch.randn(2, len(jac), generator=gen, dtype=F64)
+    d[: structured.objective.numel()] = 1.0  # a merit's derivative: 1 on the objective rows
+    for ours, exact in zip(structured.normal_equations(r, d), (jac.T @ (d * r), (d[:, None] * jac).T @ (d[:, None] * jac))):
+        torch.testing.assert_close(ours, exact, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("name", sorted(BATCHED))

@@ -111,8 +111,10 @@ class Residuals:
     ``aux`` is anything else the residual function wants back with the solution (the torch
     backend: the states at the nodes); the solver only passes it through. ``jacobian``, if given,
     returns ``J = dR/dz`` at this point, ``m x n`` (``R`` the blocks flattened and concatenated in
-    this order, ``z`` likewise), from the graph of this pass, counting the model evaluations it
-    makes; dense steps then use it instead of forming ``J`` from generic products.
+    this order, ``z`` likewise), counting the model evaluations it makes; dense steps then use
+    it instead of forming ``J`` from generic products. ``objective_gram``, if given with it,
+    returns ``J_o'J_o`` (``n x n``) of the objective rows ``J_o`` of ``J``, where the residual
+    function forms it more cheaply than the product of that dense block (from ``J``'s structure).
     """
 
     objective: Tensors
@@ -120,6 +122,7 @@ class Residuals:
     inequalities: Tensors
     aux: Any = None
     jacobian: Callable[[], torch.Tensor] | None = None
+    objective_gram: Callable[[], torch.Tensor] | None = None
 
 
 ResidualFn = Callable[[Tensors], Residuals]
@@ -159,12 +162,13 @@ class _Point:
             self.residual = torch.cat(blocks)
         self.objective, self.equalities, self.inequalities = (b.detach() for b in blocks)
         self.aux = res.aux
-        self._structured_jacobian = res.jacobian
+        self._structured_jacobian, self._structured_gram = res.jacobian, res.objective_gram
         self.calls = counter.by_kind["forward"] - before
         self.counter = counter
         self._w: torch.Tensor | None = None
         self._jt_w: Tensors = []
         self._jacobian: torch.Tensor | None = None
+        self._objective_gram: torch.Tensor | None = None
 
     def jt(self, v: torch.Tensor) -> torch.Tensor:
         """``J'v`` (``v``: ``m``, or ``k x m``): reverse-mode products."""
@@ -195,6 +199,18 @@ class _Point:
             else:
                 self._jacobian = self.jt(torch.eye(m, dtype=self.residual.dtype, device=self.residual.device))
         return self._jacobian
+
+    def normal_equations(self, r: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(J'Dr, J'D^2 J)``, ``D = diag(d)``, of a merit residual ``r`` with derivative ``d J``
+        (:data:`Merit`; ``d`` is 1 on the objective rows, which come first). The objective rows'
+        ``J'J``, most of the work and the same for every merit, is formed once per point (by the
+        residual function where it offers to, :attr:`Residuals.objective_gram`)."""
+        jac, k = self.jacobian(), self.objective.numel()
+        if self._objective_gram is None:
+            structured = self._structured_jacobian is not None and self._structured_gram is not None
+            self._objective_gram = self._structured_gram().detach() if structured else jac[:k].T @ jac[:k]
+        constraints = d[k:, None] * jac[k:]
+        return jac.T @ (d * r), self._objective_gram + constraints.T @ constraints
 
 
 Merit = Callable[[_Point], tuple[torch.Tensor, torch.Tensor]]
@@ -235,12 +251,14 @@ def solve_least_squares(
 
 def _merit(y_eq: torch.Tensor, y_in: torch.Tensor, rho: float) -> Merit:
     """The residual vector ``r`` the inner solve minimises (objective and penalised constraints)
-    as a function of ``R``, elementwise: ``r`` and its derivative ``d``, so ``dr/dz = d J``."""
+    as a function of ``R``, elementwise: ``r`` and its derivative ``d``, so ``dr/dz = d J``
+    (``r`` is ``R`` itself, ``d`` 1, on the objective rows)."""
     scale = math.sqrt(rho / 2)
+    eq_shift, in_shift = y_eq / rho, y_in / rho
 
     def merit(p: _Point) -> tuple[torch.Tensor, torch.Tensor]:
-        shifted = p.inequalities + y_in / rho
-        r = torch.cat([p.objective, scale * (p.equalities + y_eq / rho), scale * torch.clamp(shifted, min=0)])
+        shifted = p.inequalities + in_shift
+        r = torch.cat([p.objective, scale * (p.equalities + eq_shift), scale * torch.clamp(shifted, min=0)])
         d = torch.cat([torch.ones_like(p.objective), torch.full_like(p.equalities, scale), scale * (shifted >= 0).to(shifted.dtype)])
         return r, d
 
@@ -270,8 +288,7 @@ def _levenberg_marquardt(
             if not math.isfinite(cost):
                 return point, iterations, "failed", "the residual is not finite"
             if dense:
-                jac = d[:, None] * point.jacobian()
-                g, normal = jac.T @ r, jac.T @ jac
+                g, normal = point.normal_equations(r, d)
             else:
                 g = point.jt(d * r)
             g_max = float(g.abs().max()) if g.numel() else 0.0

@@ -7,12 +7,14 @@ unknowns too, tied by continuity defects ``F(x_k, u_k) - x_{k+1} = 0``. Both are
 through an augmented Lagrangian): matrix-free on JVP/VJP products with conjugate gradients, so
 memory stays linear in the state size, or, for few unknowns, on the Jacobian formed with a direct
 solve (``LeastSquaresOptions.linear_solver``). Multiple shooting of a control system integrates
-all intervals as one batch and forms that Jacobian from per-interval blocks. Model evaluations
-are counted by kind: forward, jvp, vjp.
+all intervals as one batch and, for dense steps, forms that Jacobian from per-interval blocks
+propagated forward through the RK stages (sensitivities), without recording the pass. Model
+evaluations are counted by kind: forward, jvp, vjp.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import Counter
@@ -78,7 +80,7 @@ class TorchShooting:
     ``velocity``'s per-call argument checks, each a host sync, are redundant on the states and
     inputs the backend builds itself. In multiple shooting it then integrates all intervals as
     one batch (``TorchOptions.batch_intervals``), and the residuals carry their Jacobian, built
-    from per-interval blocks (:meth:`_batched_jacobian`), for dense steps.
+    from per-interval sensitivities (:meth:`_batched_jacobian`), for dense steps.
     """
 
     def __init__(
@@ -113,6 +115,8 @@ class TorchShooting:
         self._linear_jacobian: tuple[torch.Tensor, torch.Tensor] | None = None  # of the penalties and bounds
         if self._batch_steps is not None:  # every stage's weights, stacked in stage order: (S N, 1)
             self._stage_weights = torch.cat([w for _, _, weights in self._batch_steps for w in weights])
+            self._step_times = [torch.cat(ts) for ts in zip(*(step[:2] for step in self._batch_steps))]  # (M N, 1) each
+            self._interval_columns = _interval_columns(problem.intervals, problem.x0.shape[0], problem.control_shape[0]).to(problem.x0.device)
         self._previous: SolveResult | None = None
 
     def rollout(self, x0: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
@@ -136,7 +140,9 @@ class TorchShooting:
                     z0.append(states[1:].clone())
                 if self._terminal is not None:
                     z0 += list(self._terminal.initial_nodes(states[-1]))
-        outcome = solve_least_squares(lambda z: self._residuals(x0, z), z0, self.options.least_squares, self.counter)
+        # dense steps take the batched intervals' Jacobian from sensitivities: no pass to record
+        record = self.options.least_squares.linear_solver_for(sum(t.numel() for t in z0)) == "cg"
+        outcome = solve_least_squares(lambda z: self._residuals(x0, z, record), z0, self.options.least_squares, self.counter)
         result = SolveResult(
             status=_STATUS[outcome.status],
             controls=outcome.z[0],
@@ -179,23 +185,26 @@ class TorchShooting:
                 residuals += [w * p.stage_residual(s.x, u, s.t) for w, s in zip(weights, stages)]
         return x, residuals
 
-    def _batched_interval(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batched_interval(
+        self, x: torch.Tensor, u: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`_interval` on all intervals at once (``x`` and ``u`` stacked, interval k in row
-        k): the end states and the weighted stage costs as one ``(N, S R)`` tensor, stage s's in
-        columns ``s R .. (s + 1) R``. The stage residual is called once, on the ``S`` stages'
-        states stacked (``(S N, .)``; its rows elementwise those of one call per stage): fewer
-        operations to record and to differentiate."""
+        k): the end states, the weighted stage costs as one ``(N, S R)`` tensor, stage s's in
+        columns ``s R .. (s + 1) R``, and the ``S`` stages' states and times stacked (``(S N, .)``,
+        stage s's in rows ``s N .. (s + 1) N``). The stage residual is called once, on those
+        stacked states (its rows elementwise those of one call per stage): fewer operations."""
         p = self.problem
         f = lambda y, t: self._model.velocity(y, t, u)  # noqa: E731
         points = []
         for ta, tb, _ in self._batch_steps:
             x, stages = rk_step(self._tableau, f, x, ta, tb)
             points += stages
-        if p.stage_residual is None:
-            return x, x.new_zeros(x.shape[0], 0)
         rows, S = x.shape[0], len(points)
-        r = p.stage_residual(torch.cat([s.x for s in points]), u.repeat(S, 1), torch.cat([s.t for s in points]))
-        return x, (self._stage_weights * r).view(S, rows, -1).transpose(0, 1).reshape(rows, -1)
+        ys, ts = torch.cat([s.x for s in points]), torch.cat([s.t for s in points])
+        if p.stage_residual is None:
+            return x, x.new_zeros(rows, 0), ys, ts
+        r = p.stage_residual(ys, torch.cat([u] * S), ts)
+        return x, (self._stage_weights * r).view(S, rows, -1).transpose(0, 1).reshape(rows, -1), ys, ts
 
     def _shoot(
         self, x0: torch.Tensor, controls: torch.Tensor, nodes: torch.Tensor | None, costs: bool = True
@@ -218,64 +227,129 @@ class TorchShooting:
             defects.append(x_end - nodes[k])
         return states, objective, defects
 
-    def _residuals(self, x0: torch.Tensor, z: list[torch.Tensor]) -> Residuals:
-        """The residual blocks at the unknowns ``z``; ``aux`` is the states at the N + 1 nodes."""
+    def _residuals(self, x0: torch.Tensor, z: list[torch.Tensor], record: bool = True) -> Residuals:
+        """The residual blocks at the unknowns ``z``; ``aux`` is the states at the N + 1 nodes.
+        ``record``: record the batched intervals' pass for Jacobian products; False where dense
+        steps take their Jacobian from :meth:`_batched_jacobian` alone (the other paths always
+        record)."""
         if self._batch_steps is not None:
-            return self._batched_residuals(x0, z)
+            return self._batched_residuals(x0, z, record)
         controls = z[0]
         states, objective, defects = self._shoot(x0, controls, z[1] if self.transcription == "multiple" else None)
         terminal, terminal_defects = self._terminal_residuals(states[-1], z)
         bounds = _bound_violations(self._bounds, controls, states[1:])
         return Residuals(objective + self._penalties(controls) + terminal, defects + terminal_defects, bounds, aux=states)
 
-    def _batched_residuals(self, x0: torch.Tensor, z: list[torch.Tensor]) -> Residuals:
-        """:meth:`_residuals` with all intervals integrated as one batch. Their outputs come
-        first in their blocks, interval k's in row k: the stage costs as one ``(N, R)`` tensor
-        and the defects as one ``(N, n_state)`` tensor. The residuals carry their Jacobian."""
+    def _batched_residuals(self, x0: torch.Tensor, z: list[torch.Tensor], record: bool) -> Residuals:
+        """:meth:`_residuals` with all intervals integrated as one batch (recorded only with
+        ``record``). Their outputs come first in their blocks, interval k's in row k: the stage
+        costs as one ``(N, S R)`` tensor and the defects as one ``(N, n_state)`` tensor. The
+        residuals carry their Jacobian."""
         controls, nodes = z[0], z[1]
         states = torch.cat([x0[None], nodes])
         calls = self.counter.by_kind["forward"]
-        x_end, stage = self._batched_interval(states[:-1], controls)
-        outputs = torch.cat([x_end, stage], dim=1)  # interval k's end state and stage costs in row k
+        with torch.set_grad_enabled(record):
+            x_end, stage, ys, ts = self._batched_interval(states[:-1], controls)
         interval_calls = self.counter.by_kind["forward"] - calls
         terminal = self._terminal_residuals(states[-1], z)
         terminal_calls = self.counter.by_kind["forward"] - calls - interval_calls
         penalties, bounds = self._penalties(controls), _bound_violations(self._bounds, controls, states[1:])
-        n_state = nodes.shape[1]
 
-        def jacobian() -> torch.Tensor:
-            return self._batched_jacobian(z, outputs, interval_calls, terminal, terminal_calls, penalties, bounds)
+        @functools.cache
+        def linearised() -> tuple[torch.Tensor, list[torch.Tensor]]:  # once, for J and J_o'J_o
+            blocks = self._interval_sensitivities(controls.detach(), ys.detach(), ts, stage.shape[1])
+            return self._linearise(z, blocks, interval_calls, terminal, terminal_calls, penalties, bounds)
 
         return Residuals(
-            [outputs[:, n_state:]] + penalties + terminal[0], [outputs[:, :n_state] - nodes] + terminal[1], bounds,
-            aux=states, jacobian=jacobian,
+            [stage] + penalties + terminal[0], [x_end - nodes] + terminal[1], bounds, aux=states,
+            jacobian=lambda: self._batched_jacobian(*linearised()),
+            objective_gram=lambda: self._objective_gram(*linearised()),
         )
 
-    def _batched_jacobian(
-        self, z: list[torch.Tensor], outputs: torch.Tensor, interval_calls: float,
+    def _interval_sensitivities(self, u: torch.Tensor, ys: torch.Tensor, ts: torch.Tensor, costs: int) -> torch.Tensor:
+        """The derivatives of every interval's outputs, its end state and its ``costs`` weighted
+        stage costs (as :meth:`_batched_interval` returns them), in its start state and control:
+        ``(N, n_state + costs, n_state + n_control)``, interval k's in row k.
+
+        Forward sensitivities: ``f``'s Jacobian at every stage point (``ys``, ``ts``; one call of
+        ``f`` on them stacked, :func:`_rowwise_jacobians`) drives the variational equation
+        ``d(x, u)' = [df/d(x, u); 0] d(x, u)``, integrated by the same RK steps, which is the
+        exact derivative of the discrete map. Linear, it is integrated from the identity over
+        every substep at once, and the substeps' maps are then chained; the stage costs' rows
+        follow from the stage residual's Jacobian at the same points."""
+        p = self.problem
+        (N, n_control), n_state = u.shape, ys.shape[1]
+        S, M, P = ys.shape[0] // N, len(self._batch_steps), n_state + n_control  # S = M x stages
+        us = torch.cat([u] * S)
+        outputs = [(self._model.system.f, n_state)] + ([] if p.stage_residual is None else [(p.stage_residual, costs // S)])
+        f_jac, *r_jac = _rowwise_jacobians(outputs, ys, us, ts)  # rows (substep, stage, interval)
+        slopes = f_jac.new_zeros(S // M, M, N, P, P)  # (stage, substep, interval): [df/d(x, u); 0]
+        slopes[..., :n_state, :] = f_jac.view(M, S // M, N, n_state, P).transpose(0, 1)
+        stage = iter(slopes.view(S // M, M * N, P, P))
+        variational = lambda d, t: (next(stage) @ d.view(-1, P, P)).flatten(1)  # noqa: E731
+        identity = torch.eye(P, dtype=u.dtype, device=u.device)
+        maps, points = rk_step(self._tableau, variational, identity.expand(M * N, P, P).reshape(M * N, P * P), *self._step_times)
+        starts = [identity.expand(N, P, P)]  # the derivative at each substep's start: the maps chained
+        for step_map in maps.view(M, N, P, P):
+            starts.append(step_map @ starts[-1])
+        blocks = [starts[-1][:, :n_state]]
+        if p.stage_residual is not None:
+            at_stages = torch.stack([s.x for s in points]).view(S // M, M, N, P, P) @ torch.stack(starts[:-1])
+            r_jac = r_jac[0].view(M, S // M, N, costs // S, P)
+            d_costs = (self._stage_weights.view(M, S // M, N, 1, 1) * r_jac) @ at_stages.transpose(0, 1)
+            blocks.append(d_costs.flatten(0, 1).transpose(0, 1).reshape(N, costs, P))
+        return torch.cat(blocks, dim=1)
+
+    def _linearise(
+        self, z: list[torch.Tensor], blocks: torch.Tensor, interval_calls: float,
         terminal: tuple[list[torch.Tensor], list[torch.Tensor]], terminal_calls: float,
         penalties: list[torch.Tensor], bounds: list[torch.Tensor],
-    ) -> torch.Tensor:
-        """``J`` of :meth:`_batched_residuals`, rows in its order. The intervals' rows come from
-        one reverse product per output component (:func:`_interval_jacobian`), the defects'
-        ``-x_{k+1}`` added; the terminal residual's and defects' from one reverse product each;
-        the penalties and bounds, linear in ``z``, have a constant Jacobian, formed on the first
-        call. Each product counts as a VJP of every model call it goes through."""
-        n = sum(t.numel() for t in z)
-        (N, n_state), n_control = z[1].shape, z[0].shape[1]
-        jac = _interval_jacobian(outputs, z[0], z[1], n)
-        k, i = torch.arange(N, device=jac.device)[:, None], torch.arange(n_state, device=jac.device)
-        jac[k, i, N * n_control + k * n_state + i] -= 1.0
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The pieces of :meth:`_batched_residuals`'s ``J``: the intervals' sensitivity
+        ``blocks`` (:meth:`_interval_sensitivities`), passed through, and the rows of the
+        terminal residual and of its defects, from one reverse product each; the rows of the
+        penalties and bounds, linear in ``z``, are formed on the first call and kept. Counted:
+        ``f``'s Jacobian at the stage points as ``n_state`` VJPs of each of the pass's calls (one
+        reverse product per state component, through a re-evaluation of ``f`` at the same points
+        that they include, as a VJP's cost does); a reverse product as a VJP of every model call
+        it goes through."""
+        n, n_state = sum(t.numel() for t in z), z[1].shape[1]
         terminal_jac = [_rows_jacobian(rows, z, n) for rows in terminal]
         if self._linear_jacobian is None:
             self._linear_jacobian = _rows_jacobian(penalties, z, n), _rows_jacobian(bounds, z, n)
-        products = outputs.shape[1] * interval_calls + sum(len(j) for j in terminal_jac) * terminal_calls
-        self.counter.add(products, kind="vjp")
+        self.counter.add(n_state * interval_calls + sum(len(j) for j in terminal_jac) * terminal_calls, kind="vjp")
+        blocks[0, :, :n_state] = 0.0  # interval 0 starts at the fixed x0: these columns (see _interval_columns) add 0
+        return blocks, terminal_jac
+
+    def _batched_jacobian(self, blocks: torch.Tensor, terminal_jac: list[torch.Tensor]) -> torch.Tensor:
+        """``J`` of :meth:`_batched_residuals`, rows in its order, from :meth:`_linearise`'s
+        pieces: interval k's block in the rows of its outputs and the columns of its unknowns
+        (:attr:`_interval_columns`), and the defects' ``-x_{k+1}``."""
         penalty_jac, bound_jac = self._linear_jacobian
-        return torch.cat([
-            jac[:, n_state:].flatten(0, 1), penalty_jac, terminal_jac[0],
-            jac[:, :n_state].flatten(0, 1), terminal_jac[1], bound_jac,
-        ])
+        (N, C, _), n, n_state = blocks.shape, bound_jac.shape[1], self.problem.x0.shape[0]
+        pieces = [N * (C - n_state), penalty_jac, terminal_jac[0], N * n_state, terminal_jac[1], bound_jac]  # in row order
+        sizes = [p if isinstance(p, int) else len(p) for p in pieces]
+        jac = blocks.new_zeros(sum(sizes), n)
+        for part, piece in zip(jac.split(sizes), pieces):
+            if not isinstance(piece, int):
+                part.copy_(piece)
+        defects = sum(sizes[:3]) + torch.arange(N * n_state, device=jac.device)
+        rows = torch.cat([defects.view(N, n_state), torch.arange(N * (C - n_state), device=jac.device).view(N, -1)], dim=1)
+        columns = self._interval_columns
+        jac.index_put_((rows[:, :, None], columns[:, None, :]), blocks, accumulate=True)  # accumulate: see _linearise
+        n_control = blocks.shape[2] - n_state
+        jac[defects, N * n_control + torch.arange(N * n_state, device=jac.device)] = -1.0
+        return jac
+
+    def _objective_gram(self, blocks: torch.Tensor, terminal_jac: list[torch.Tensor]) -> torch.Tensor:
+        """``J_o'J_o`` of the objective rows of :meth:`_batched_jacobian`'s ``J`` (stage costs,
+        penalties, terminal residual): a sum over those row groups, the stage costs' from each
+        interval's ``P x P`` product of its block, added at its unknowns."""
+        penalty_jac, _ = self._linear_jacobian
+        costs = blocks[:, self.problem.x0.shape[0]:]
+        gram = penalty_jac.T @ penalty_jac + terminal_jac[0].T @ terminal_jac[0]
+        columns = self._interval_columns
+        return gram.index_put_((columns[:, :, None], columns[:, None, :]), costs.transpose(1, 2) @ costs, accumulate=True)
 
     def _penalties(self, controls: torch.Tensor) -> list[torch.Tensor]:
         """The weighted control and control-rate residuals."""
@@ -352,24 +426,30 @@ def _bound_violations(bounds: list, controls: torch.Tensor, states: torch.Tensor
     return [sign * (values[which][:, index] - b) for which, sign, index, b in bounds]
 
 
-def _interval_jacobian(outputs: torch.Tensor, controls: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
-    """The Jacobian ``(N, C, n)`` of ``outputs`` ``(N, C)`` in the unknowns flattened (the
-    controls, then the nodes, then any others). Row k is interval k's, which depends only on its
-    control ``controls[k]`` and start node (``nodes[k - 1]``; interval 0 starts at the fixed x0).
+def _interval_columns(N: int, n_state: int, n_control: int) -> torch.Tensor:
+    """``(N, n_state + n_control)``: the columns of interval k's start state and control among the
+    unknowns flattened (the controls, then the nodes, then any others): its start node is
+    ``nodes[k - 1]``, its control ``controls[k]``. Interval 0 starts at the fixed x0, which has no
+    column: its state entries point at column 0 and must carry zeros (added, not written)."""
+    k, i = torch.arange(N)[:, None], torch.arange(n_state)
+    nodes = torch.where(k > 0, N * n_control + (k - 1) * n_state + i, 0)
+    return torch.cat([nodes, k * n_control + torch.arange(n_control)], dim=1)
 
-    One reverse product per output component c, seeded in every interval at once, in one
-    vectorised pass: no two intervals share an unknown, so the gradient's entries for interval k
-    are its row c.
-    """
-    N, C = outputs.shape
-    seeds = torch.eye(C, dtype=outputs.dtype, device=outputs.device)[:, None, :].expand(C, N, C)
-    d_u, d_x = (g.transpose(0, 1) for g in _grad([outputs], [controls, nodes], [seeds], batch=C))
-    n_control, n_state = controls.shape[1], nodes.shape[1]
-    jac = outputs.new_zeros(N, C, n)
-    k = torch.arange(N, device=outputs.device)
-    jac[..., : N * n_control].unflatten(-1, (N, n_control))[k, :, k] = d_u
-    jac[1:, :, N * n_control : N * (n_control + n_state)].unflatten(-1, (N, n_state))[k[:-1], :, k[:-1]] = d_x[:-1]
-    return jac
+
+def _rowwise_jacobians(fns: list[tuple], x: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+    """For each ``(fn, m)``: ``d fn(x, u, t)[i] / d(x[i], u[i])`` at every row i,
+    ``(rows, m, n_x + n_u)``, for an ``fn`` with ``m`` outputs whose rows depend only on the same
+    rows of its arguments (``f``, a stage residual). One call of each on ``m`` copies of the rows,
+    copy j seeded with the j-th unit vector, and one reverse pass for all."""
+    rows, leaves, outputs, seeds = x.shape[0], [], [], []
+    with torch.enable_grad():
+        for fn, m in fns:
+            xs, us = (torch.cat([a] * m).requires_grad_(True) for a in (x, u))
+            outputs.append(fn(xs, us, torch.cat([t] * m)))
+            seeds.append(torch.eye(m, dtype=x.dtype, device=x.device).repeat_interleave(rows, dim=0))
+            leaves += [xs, us]
+        grads = _grad(outputs, leaves, seeds)
+    return [torch.cat(grads[2 * j : 2 * j + 2], dim=1).view(m, rows, -1).transpose(0, 1) for j, (_, m) in enumerate(fns)]
 
 
 def _rows_jacobian(rows: list[torch.Tensor], z: list[torch.Tensor], n: int) -> torch.Tensor:
