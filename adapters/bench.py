@@ -16,10 +16,11 @@ import torch
 
 from flowctl._checks import check_int
 from flowctl.bench.runner import BenchModel
+from flowctl.dynamics import derivative_mode
 from flowctl.jacobians import ColouredJacobian
 from flowctl.sampling import SigmaGrid
 
-from flowctl.adapters.common import math_attention, noise_latents
+from flowctl.adapters.common import noise_latents
 
 
 class _PerSeed:
@@ -35,6 +36,9 @@ class _PerSeed:
     def velocity(self, x: torch.Tensor, t, cond) -> torch.Tensor:
         return self.dynamics.velocity(x, t, cond)
 
+    def derivatives(self):
+        return derivative_mode(self.dynamics)
+
 
 def transformer_model(
     dynamics: Any,
@@ -49,7 +53,7 @@ def transformer_model(
 ) -> BenchModel:
     """The benchmark's view of a transformer ``dynamics`` (``condition(prompt)`` with a
     ``repeat(n)``, ``velocity``, ``fingerprint``): ``noise`` (one row per seed), the sampler's
-    grid for a step count, images from its output, derivatives under the MATH attention kernel,
+    grid for a step count, images from its output (derivatives in the dynamics' own mode),
     shooting + MPC's Jacobian in ``patch_size`` x ``patch_size`` blocks of the (B, C, H, W)
     states (the transformer's tokens), and ``guidance`` as the cache key's guidance scale."""
     patch_size = check_int("patch_size", patch_size, minimum=1)
@@ -60,7 +64,6 @@ def transformer_model(
         to_image=to_image,
         adherence=adherence,
         adherence_note=adherence_note,
-        derivatives=math_attention,
         guidance=guidance,
         mpc_jacobian=ColouredJacobian(block=(patch_size, patch_size), radius=0),
     )

@@ -28,13 +28,14 @@ from tqdm.auto import tqdm
 from flowctl.bench.command import bench_config, report
 from flowctl.bench.runner import BenchConfig, BenchModel, run_benchmark
 from flowctl.cache import CachedGenerator, CacheStore, get_policy, open_store
+from flowctl.dynamics import derivative_mode
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid
 from flowctl.text import TextEncoder
 from flowctl.transitions import Strategy
 
 from flowctl.adapters.sd3.loop import to_pil
-from flowctl.adapters.sd3.strategies import make_strategy
+from flowctl.adapters.common import make_strategy
 
 # The benchmark's defaults on a checkpoint of any family (BenchConfig's fields), before the
 # command line's options: the strategies within one evaluation of the direct switch.
@@ -94,6 +95,9 @@ class _Progress:
     def velocity(self, x, t, cond):
         self.bar.update(1)
         return self.dynamics.velocity(x, t, cond)
+
+    def derivatives(self):
+        return derivative_mode(self.dynamics)
 
 
 def run(args: argparse.Namespace, load_model: ModelLoader, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -1,6 +1,7 @@
 """What the diffusers model families share: derivatives through attention, a model's weight
 checksum, their typed errors, the checks of a text condition and of latents against the
-transformer, and the latent noise as diffusers' pipelines draw it."""
+transformer, the latent noise as diffusers' pipelines draw it, and the strategies by name for a
+patch transformer."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from flowctl import transitions
 from flowctl._checks import check_int
 from flowctl.errors import FlowctlError, InvalidArgumentError, ShapeError
+from flowctl.jacobians import ColouredJacobian
 from flowctl.sampling import SigmaGrid
+from flowctl.transitions import Strategy
 
 
 class MissingTextEncoderError(FlowctlError):
@@ -89,3 +93,13 @@ def check_grid_on(grid: object, latents: torch.Tensor) -> None:
         raise InvalidArgumentError("grid", f"expected a SigmaGrid, got {type(grid).__name__}")
     if grid.values.device != latents.device:
         raise InvalidArgumentError("grid", f"is on {grid.values.device}, the latents on {latents.device}; build it with device=latents.device")
+
+
+def make_strategy(name: str, *, patch_size: int, shooting_iterations: int = 5, budget: float = 1.0) -> Strategy:
+    """flowctl's strategy called ``name`` (:func:`flowctl.transitions.make_strategy`) for a
+    transformer that tokenises ``patch_size`` x ``patch_size`` patches of its latents: shooting +
+    MPC on the exact model linearises per patch (the blocks a token mixes). Derivatives run in
+    the dynamics' own mode (``derivatives()``, :func:`math_attention`)."""
+    patch_size = check_int("patch_size", patch_size, minimum=1)
+    return transitions.make_strategy(name, shooting_iterations=shooting_iterations, budget=budget,
+                                     mpc_jacobian=ColouredJacobian(block=(patch_size, patch_size), radius=0))

@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from flowctl.adapters.common import MissingTextEncoderError
-from flowctl.adapters.sd3.strategies import STRATEGY_NAMES, make_strategy
+from flowctl.adapters.common import make_strategy
+from flowctl.transitions import STRATEGY_NAMES
 from flowctl.cache import SEED_POLICY, CacheEntry, CachedGenerator, CacheKey, CachePolicy, CacheStore, PersistentStore
 from flowctl.errors import InvalidArgumentError
 from flowctl.sampling import SigmaGrid

@@ -130,9 +130,9 @@ def errors(field, ests: dict[str, Any], like: dict, channels: int, size: int) ->
     x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(1)).to(**like)
     with math_attention():
         dense = DenseJacobian().estimate(field, x).data
+        estimates = {name: est.estimate(field, x) for name, est in ests.items()}
     out = {}
-    for name, est in ests.items():
-        e = est.estimate(field, x)
+    for name, e in estimates.items():
         held = torch.eye(x.numel(), dtype=torch.bool, device=x.device)
         if e.structure == "block":
             held[e.index[:, :, None], e.index[:, None, :]] = True

@@ -24,9 +24,11 @@ from .errors import (
     InvalidArgumentError,
     NonFiniteError,
     ShapeError,
+    SolverError,
     UnknownNameError,
 )
 from .sampling import Grid, ResumePoint, SigmaGrid, Trajectory, integrate, resume
+from .status import SolveStatus
 from .systems import GaussianMixtureFlow
 
 __version__ = "0.1.0"
@@ -54,10 +56,12 @@ __all__ = [
     "integrate",
     "resume",
     "GaussianMixtureFlow",
+    "SolveStatus",
     "FlowctlError",
     "InvalidArgumentError",
     "NonFiniteError",
     "ShapeError",
     "UnknownNameError",
     "IntegrationError",
+    "SolverError",
 ]

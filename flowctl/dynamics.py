@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,6 +36,15 @@ class Dynamics(Protocol):
 
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         ...
+
+
+def derivative_mode(model: object) -> AbstractContextManager:
+    """The context in which ``model`` is differentiated: its ``derivatives()`` where it defines
+    one (a transformer whose fast attention kernels have no forward-mode AD selects one that
+    has), else nothing. flowctl enters it around everything that takes JVPs or VJPs of a model
+    (the planners on the exact model, the benchmark's cost measurement); its wrappers forward it."""
+    derivatives = getattr(model, "derivatives", None)
+    return derivatives() if callable(derivatives) else nullcontext()
 
 
 class NFECounter:
@@ -130,6 +139,9 @@ class CountedDynamics:
     def nfe(self) -> float:
         return self.counter.total
 
+    def derivatives(self) -> AbstractContextManager:
+        return derivative_mode(self.dynamics)
+
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: Any = None) -> torch.Tensor:
         self.counter.add(1)
         return self.dynamics.velocity(x, t, cond)
@@ -153,6 +165,9 @@ class ControlledDynamics:
 
     def __init__(self, dynamics: Dynamics):
         self.dynamics = check_dynamics("dynamics", dynamics)
+
+    def derivatives(self) -> AbstractContextManager:
+        return derivative_mode(self.dynamics)
 
     def velocity(self, x: torch.Tensor, t: float | torch.Tensor, cond: ControlInput) -> torch.Tensor:
         if not isinstance(cond, ControlInput):
@@ -191,6 +206,9 @@ class BlendedDynamics:
             raise InvalidArgumentError("grid", f"expected a flowctl Grid, got {type(grid).__name__}")
         self.grid = grid
         self.switch_step = check_real("switch_step", switch_step, nonnegative=True)
+
+    def derivatives(self) -> AbstractContextManager:
+        return derivative_mode(self.dynamics)
 
     def alpha(self, t: float | torch.Tensor) -> float:
         """Weight of condition B at time t."""

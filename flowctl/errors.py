@@ -62,3 +62,12 @@ class CacheStorageError(FlowctlError):
 class CacheFullError(CacheStorageError):
     """A cache store has no space left for a new entry (the disk or the database is full); the
     store still opens, lists, inspects and clears."""
+
+
+class SolverError(FlowctlError):
+    """A solve did not succeed; ``result`` holds what it reached (a
+    :class:`flowctl.ocp.SolveResult`, or a :class:`flowctl.mpc.MPCSolution` from an MPC backend)."""
+
+    def __init__(self, result):
+        self.result = result
+        super().__init__(f"solve ended with status {result.status.value}: {result.message}")

@@ -21,7 +21,7 @@ from flowctl.mpc import (
     euler_linearisation,
     predict,
 )
-from flowctl.ocp import SolveStatus
+from flowctl.status import SolveStatus
 
 F64 = dict(dtype=torch.float64)
 

@@ -20,7 +20,8 @@ from flowctl.mpc.qp_layout import QPLayout, all_finite, csc_from_triplets
 from flowctl.mpc.qp_prediction import prediction_matrix
 from flowctl.mpc import qp_prediction
 from flowctl.mpc.sparse_backend import make_solution
-from flowctl.ocp.problem import SolverError, SolveStatus
+from flowctl.errors import SolverError
+from flowctl.status import SolveStatus
 
 BACKENDS = {"osqp": OSQPBackend, "casadi": CasadiQPBackend}
 

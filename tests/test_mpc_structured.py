@@ -18,7 +18,8 @@ from flowctl.mpc import (
     objective,
     predict,
 )
-from flowctl.ocp import SolverError, SolveStatus
+from flowctl.errors import SolverError
+from flowctl.status import SolveStatus
 from flowctl.mpc.structured import StructuredOptions
 
 

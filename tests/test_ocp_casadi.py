@@ -7,7 +7,9 @@ import torch
 from flowctl.errors import InvalidArgumentError, NonFiniteError, UnknownNameError
 from flowctl.ocp.casadi_backend import CasadiOptions, CasadiShooting
 from flowctl.ocp.examples import VAN_DER_POL_OPTIMUM, van_der_pol_problem
-from flowctl.ocp.problem import OptimalControlProblem, SolverError, SolveStatus
+from flowctl.errors import SolverError
+from flowctl.ocp.problem import OptimalControlProblem
+from flowctl.status import SolveStatus
 from flowctl.sampling import HEUN, Grid, rk_step
 from flowctl.systems import VanDerPol, ops
 

@@ -22,7 +22,6 @@ from flowctl.adapters.sd3 import (  # noqa: E402
     CheckpointError,
     CheckpointNotFoundError,
     DeviceMemoryError,
-    MathAttention,
     MissingTextEncoderError,
     NotSD3CheckpointError,
     SD3Condition,
@@ -40,7 +39,9 @@ from flowctl.adapters.sd3 import (  # noqa: E402
     to_uint8,
 )
 from flowctl.cache import CachedGenerator, CacheStore, DiskStore  # noqa: E402
+from flowctl.dynamics import CountedDynamics, derivative_mode  # noqa: E402
 from flowctl.errors import InvalidArgumentError, NonFiniteError, ShapeError, UnknownNameError  # noqa: E402
+from flowctl.jacobians import ColouredJacobian  # noqa: E402
 from flowctl.ocp import LeastSquaresOptions  # noqa: E402
 from flowctl.sampling import resume  # noqa: E402
 from flowctl.text import HashingEncoder  # noqa: E402
@@ -245,8 +246,8 @@ STRATEGIES = [
     SecantCorrection(),
     Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2),
     ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2)),
-    MathAttention(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact")),
-    MathAttention(ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact"), max_replans=0)),
+    Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact"),
+    ShootingMPC(Shooting(solver=LeastSquaresOptions(max_iterations=1), segments=2, budget=1e9, model="exact"), max_replans=0),
 ]
 
 
@@ -263,7 +264,7 @@ def test_prompt_switch_with_each_strategy_is_finite(strategy):
     assert result.final.shape == x.shape and result.final.dtype == x.dtype
     assert torch.isfinite(result.final).all()
     assert result.nfe["forward"] >= steps - 1
-    if isinstance(strategy, MathAttention):
+    if getattr(strategy, "differentiates", False):  # under SD3Dynamics.derivatives(), entered by the planner
         assert result.nfe["jvp"] > 0 and result.nfe["vjp"] > 0
     elif isinstance(strategy, (SecantCorrection, Shooting, ShootingMPC)):  # the direct switch's calls and one more
         assert result.nfe == {"forward": steps - 1 + 1}
@@ -281,13 +282,22 @@ def test_forward_ad_through_the_mmdit_needs_math_attention():
 
 
 def test_make_strategy_names():
-    assert {make_strategy(n).name for n in ("direct", "linear", "sigmoid", "closed-form")} == {
+    assert {make_strategy(n, patch_size=2).name for n in ("direct", "linear", "sigmoid", "closed-form")} == {
         "direct switch", "linear blend", "sigmoid blend", "closed-form controller (eta 0.9)"}
-    # on the surrogate the planners never differentiate the model: no MATH-kernel wrapper
-    assert isinstance(make_strategy("shooting"), Shooting) and isinstance(make_strategy("mpc"), ShootingMPC)
-    assert MathAttention(Shooting(model="exact")).differentiates and not getattr(make_strategy("secant"), "differentiates", False)
+    assert isinstance(make_strategy("shooting", patch_size=2), Shooting) and isinstance(make_strategy("mpc", patch_size=2), ShootingMPC)
+    jacobian = make_strategy("mpc", patch_size=2).jacobian
+    assert isinstance(jacobian, ColouredJacobian) and jacobian.block == (2, 2) and jacobian.radius == 0
     with pytest.raises(UnknownNameError):
-        make_strategy("teleport")
+        make_strategy("teleport", patch_size=2)
+
+
+def test_the_dynamics_say_how_they_are_differentiated():
+    dynamics = SD3Dynamics(pipe_for("shift3").transformer)
+    x, cond = latents(size=8), condition(5.0)[0]
+    f = lambda y: dynamics.velocity(y, 0.5, cond)  # noqa: E731
+    with derivative_mode(CountedDynamics(dynamics)):  # wrappers forward the model's mode
+        _, tangent = torch.func.jvp(f, (x,), (torch.ones_like(x),))
+    assert torch.isfinite(tangent).all()
 
 
 # --- typed errors ---------------------------------------------------------------------------------

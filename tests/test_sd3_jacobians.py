@@ -1,5 +1,7 @@
 """JVP / VJP and structured Jacobians of the tiny MMDiT (flowctl.adapters.sd3.jacobians)."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
@@ -32,17 +34,24 @@ from flowctl.mpc import (  # noqa: E402
     objective,
     predict,
 )
-from flowctl.ocp import SolveStatus  # noqa: E402
+from flowctl.status import SolveStatus  # noqa: E402
 
 SHAPE = (1, 4, 8, 8)  # n = 256: the dense Jacobian is 256 x 256
 SIGMA = 0.6
 
 
-def _field(model, dtype):
+def _field(model, dtype, *, math=True):
+    """The transformer at SIGMA as a field x -> v; ``math``: under math_attention(), as
+    SD3Dynamics.derivatives() runs it (forward-mode AD needs the MATH kernel)."""
     emb = {k: v.to(dtype) for k, v in tiny_embeddings().items()}
     timestep = torch.tensor([SIGMA * 1000.0], dtype=dtype)
-    return lambda x: model(hidden_states=x, encoder_hidden_states=emb["prompt_embeds"],
-                           pooled_projections=emb["pooled_prompt_embeds"], timestep=timestep, return_dict=False)[0]
+
+    def field(x):
+        with math_attention() if math else nullcontext():
+            return model(hidden_states=x, encoder_hidden_states=emb["prompt_embeds"],
+                         pooled_projections=emb["pooled_prompt_embeds"], timestep=timestep, return_dict=False)[0]
+
+    return field
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +97,8 @@ def test_vjp_is_the_transpose_of_the_jvp(f64):
 def test_forward_ad_fails_with_the_default_cpu_attention_kernel(f64):
     """On this CPU build the default kernel (fused flash attention for CPU) has no forward-AD
     formula; math_attention() is what makes jvp work."""
-    field, x, _ = f64
+    _, x, _ = f64
+    field = _field(tiny_transformer(0, patch_size=2).double(), torch.float64, math=False)
     (v,) = _directions(4, 1)
     with pytest.raises(NotImplementedError, match="forward AD"), torch.no_grad():
         torch.func.jvp(field, (x,), (v,))
@@ -202,6 +212,6 @@ def test_guided_sd3_dynamics_velocity_is_a_field():
         fd = (field(x + 1e-5 * v) - field(x - 1e-5 * v)) / 2e-5
     assert float((jv - fd).norm() / jv.norm()) < 1e-7
     x = x[:, :, :4, :4]  # n = 64: the dense Jacobian by 64 JVPs
-    with math_attention():
+    with dynamics.derivatives():
         dense = DenseJacobian().estimate(field, x).data
-    assert block_error(patch_blocks(2, radius=2).estimate(field, x), dense) < 1e-12
+        assert block_error(patch_blocks(2, radius=2).estimate(field, x), dense) < 1e-12

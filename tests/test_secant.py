@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from flowctl import GaussianMixtureFlow, SigmaGrid, integrate
 from flowctl.dynamics import NFECounter
 from flowctl.errors import BudgetExceededError, InvalidArgumentError, ShapeError
-from flowctl.ocp import LeastSquaresOptions, SolveStatus
+from flowctl.ocp import LeastSquaresOptions
+from flowctl.status import SolveStatus
 from flowctl.sampling import ResumePoint
 from flowctl.systems.gaussian_mixture import smooth_image_means
 from flowctl.transitions import DirectSwitch, SecantCorrection, Shooting, ShootingMPC, TransitionRequest, make_strategy

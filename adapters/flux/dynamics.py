@@ -50,8 +50,8 @@ class FluxDynamics:
 
     One call is one model evaluation (with true CFG it runs the transformer twice, on B each).
     Gradients flow to the latents only: the transformer runs without autograd unless ``x``
-    requires grad; forward-mode AD needs :func:`math_attention`. The transformer must sit on one
-    device; latents and embeddings must be in its dtype, on that device.
+    requires grad; forward-mode AD needs :func:`math_attention` (:meth:`derivatives` enters it).
+    The transformer must sit on one device; latents and embeddings must be in its dtype, on that device.
 
     Args:
         transformer: a diffusers ``FluxTransformer2DModel`` (``in_channels = 4 x`` the latent
@@ -124,6 +124,11 @@ class FluxDynamics:
     @property
     def device(self) -> torch.device:
         return self.transformer.device
+
+    def derivatives(self):
+        """The context derivatives through the transformer run in: :func:`math_attention`
+        (:func:`flowctl.dynamics.derivative_mode`; the planners on the exact model enter it)."""
+        return math_attention()
 
     @property
     def latent_channels(self) -> int:

@@ -9,15 +9,16 @@
 - :class:`SD3PromptEncoder`, :class:`SD3PooledEncoder`: prompts to conditions, and SD3's pooled
   CLIP embedding as the cache's similarity key.
 - :func:`load_pipeline`: a local checkpoint directory, offline, with typed errors.
-- :func:`make_strategy`: flowctl's transition strategies by name, derivative ones under
-  :class:`MathAttention`.
+- :func:`make_strategy`: flowctl's transition strategies by name, shooting + MPC linearised per
+  latent patch (derivatives run in :meth:`SD3Dynamics.derivatives`, the MATH attention kernel).
 
 Sigma = 1 is noise, 0 is data; the transformer's timestep is ``sigma * 1000``. See docs/sd3.md.
 diffusers is imported only where a pipeline is loaded; the rest works on the objects given.
 """
 
 from .checkpoint import DTYPES, check_checkpoint, load_pipeline
-from flowctl.adapters.common import MissingTextEncoderError, UnsupportedSchedulerError, math_attention, noise_latents, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, UnsupportedSchedulerError, make_strategy, math_attention, noise_latents, weight_checksum
+from flowctl.transitions import STRATEGY_NAMES
 
 from .condition import SD3Condition
 from .dynamics import SD3Dynamics
@@ -30,7 +31,6 @@ from .errors import (
 )
 from .recording import TrajectoryRecorder, identity_shift, resume_kwargs
 from .loop import calculate_shift, decode, denoise, latent_shape, pipeline_grid, scheduler_grid, to_pil, to_uint8
-from .strategies import STRATEGY_NAMES, MathAttention, make_strategy
 
 __all__ = [
     "CachedStableDiffusion3Pipeline",
@@ -57,7 +57,6 @@ __all__ = [
     "check_checkpoint",
     "DTYPES",
     "make_strategy",
-    "MathAttention",
     "STRATEGY_NAMES",
     "CheckpointError",
     "CheckpointNotFoundError",

@@ -25,10 +25,10 @@ from .loop import decode, latent_shape, pipeline_grid
 CHECKPOINT_GUIDANCE = 7.0  # SD3's default guidance scale
 # The benchmark's defaults on the embedded model (BenchConfig's fields), before the command
 # line's options. They fit `make demo` into 10 minutes on 2 cores: the seed's planners run at the
-# policy's step, the strategies within one evaluation of the direct switch also over the sweep
-# (of every >0.95 pair used); --methods adds multiple-shooting and velocity-shooting.
+# policy's step, the direct switch and the corrections also over the sweep (of every >0.95 pair
+# used); --methods adds multiple-shooting and velocity-shooting.
 EMBEDDED_BENCH = BenchConfig(seeds=2, pairs_per_bucket=4, shooting_iterations=1, repeats=3, sweep_pairs=4,
-                             strategies=(*CHEAP, "shooting", "mpc"), sweep_strategies=CHEAP)
+                             strategies=(*CHEAP, "shooting", "mpc"), sweep_strategies=("direct", "secant", "offset"))
 EMBEDDED_QUICK = dict(steps=8, seeds=1, pairs_per_bucket=1, sweep=(0.5,), sweep_pairs=1, repeats=1,
                       strategies=STRATEGY_NAMES, sweep_strategies=None)
 

@@ -22,7 +22,7 @@ import torch
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, weight_checksum
 
 from .condition import SD3Condition
 from .encoding import SD3PromptEncoder, has_text_encoders
@@ -34,8 +34,8 @@ class SD3Dynamics:
 
     One call is one model evaluation (a guided call runs the transformer once on a batch of
     2B). Gradients flow to the latents only: the transformer runs without autograd unless ``x``
-    requires grad; forward-mode AD needs :func:`math_attention`. The transformer must sit on one
-    device (no CPU-offload hooks); latents and embeddings must be in its dtype, on that device.
+    requires grad; forward-mode AD needs :func:`math_attention` (:meth:`derivatives` enters it).
+    The transformer must sit on one device (no CPU-offload hooks); latents and embeddings must be in its dtype, on that device.
 
     Args:
         transformer: a diffusers ``SD3Transformer2DModel``.
@@ -76,6 +76,11 @@ class SD3Dynamics:
     @property
     def device(self) -> torch.device:
         return self.transformer.device
+
+    def derivatives(self):
+        """The context derivatives through the transformer run in: :func:`math_attention`
+        (:func:`flowctl.dynamics.derivative_mode`; the planners on the exact model enter it)."""
+        return math_attention()
 
     @property
     def fingerprint(self) -> str:

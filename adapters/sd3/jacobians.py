@@ -7,12 +7,13 @@ call of the same field on the same input, so a forward costs 1.
 
 Forward-mode AD through the MMDiT needs the MATH attention kernel: torch's fused CPU attention
 kernel and the flash / memory-efficient CUDA kernels have no forward-AD formula (torch raises
-NotImplementedError). :func:`math_attention` (the dynamics module's, re-exported here) selects
-MATH for the duration of a block; :func:`jvp` and the estimators built here
-(:class:`MathAttentionEstimator`) run every JVP inside it. VJPs work with every kernel;
-:func:`vjp` keeps the default ones.
+NotImplementedError). :func:`math_attention` selects MATH for the duration of a block
+(``SD3Dynamics.derivatives()`` is that context, and flowctl's planners enter it); :func:`jvp`,
+:func:`measure_product_cost` and :func:`measure_estimate` run their products inside it; run an
+estimator's ``estimate`` on a field of the transformer inside it too. VJPs work with every
+kernel; :func:`vjp` keeps the default ones.
 
-The estimators are flowctl's (:mod:`flowctl.jacobians`), wrapped:
+The estimators are flowctl's (:mod:`flowctl.jacobians`), configured for the MMDiT:
 
 - :func:`patch_blocks`: the diagonal blocks over the transformer's latent patches (all C
   channels of a p x p patch, bs = C p^2 entries, the MMDiT's tokens) by colouring the patch
@@ -46,7 +47,6 @@ from flowctl.jacobians import ColouredJacobian, DiagonalJacobian, JacobianEstima
 from flowctl.adapters.common import math_attention
 
 __all__ = [
-    "MathAttentionEstimator",
     "MeasuredEstimate",
     "ProductCost",
     "block_error",
@@ -180,45 +180,26 @@ def measure_product_cost(field: Field, x: torch.Tensor, *, repeats: int = 5, war
     return ProductCost(forward_s, jvp_s, vjp_forward_s, vjp_s, repeats)
 
 
-@dataclass(frozen=True, eq=False)
-class MathAttentionEstimator:
-    """A :mod:`flowctl.jacobians` estimator whose products run under :func:`math_attention`.
-
-    Attributes:
-        estimator: any flowctl estimator (``estimate(f, x, counter) -> JacobianEstimate``).
-    """
-
-    estimator: object
-
-    def __post_init__(self) -> None:
-        if not callable(getattr(self.estimator, "estimate", None)):
-            raise InvalidArgumentError("estimator", f"expected a Jacobian estimator, got {type(self.estimator).__name__}")
-
-    def estimate(self, f: Field, x: torch.Tensor, counter: NFECounter | None = None) -> JacobianEstimate:
-        with math_attention():
-            return self.estimator.estimate(f, x, counter)
-
-
-def patch_blocks(patch_size: int, radius: int = 0, *, chunk_size: int = 16) -> MathAttentionEstimator:
+def patch_blocks(patch_size: int, radius: int = 0, *, chunk_size: int = 16) -> ColouredJacobian:
     """Per-patch diagonal blocks (structure "block", bs = C p^2): C (p + r)^2 JVPs, vmapped
     ``chunk_size`` at a time. ``patch_size`` is the transformer's (``config.patch_size``)."""
     p = check_int("patch_size", patch_size, minimum=1)
-    return MathAttentionEstimator(ColouredJacobian(block=(p, p), radius=radius, chunk_size=chunk_size))
+    return ColouredJacobian(block=(p, p), radius=radius, chunk_size=chunk_size)
 
 
-def coloured_diagonal(patch_size: int, radius: int | None = None, *, chunk_size: int = 16) -> MathAttentionEstimator:
+def coloured_diagonal(patch_size: int, radius: int | None = None, *, chunk_size: int = 16) -> DiagonalJacobian:
     """The coloured diagonal (structure "diagonal"): C (r + 1)^2 JVPs; ``radius`` None for
     p - 1 (C p^2 JVPs). The patch embedding mixes the pixels of one patch into one token, so a
     radius below p - 1 puts pixels of one patch in one colour and folds their direct coupling
     into the diagonal (on the tiny MMDiT with p = 2, radius 0 errs by more than the diagonal's
     own size)."""
     p = check_int("patch_size", patch_size, minimum=1)
-    return MathAttentionEstimator(DiagonalJacobian(radius=p - 1 if radius is None else radius, chunk_size=chunk_size))
+    return DiagonalJacobian(radius=p - 1 if radius is None else radius, chunk_size=chunk_size)
 
 
-def probed_diagonal(probes: int, *, seed: int = 0, chunk_size: int = 16) -> MathAttentionEstimator:
+def probed_diagonal(probes: int, *, seed: int = 0, chunk_size: int = 16) -> DiagonalJacobian:
     """The diagonal from ``probes`` Rademacher probes (structure "diagonal"): ``probes`` JVPs."""
-    return MathAttentionEstimator(DiagonalJacobian(probes=probes, seed=seed, chunk_size=chunk_size))
+    return DiagonalJacobian(probes=probes, seed=seed, chunk_size=chunk_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,8 +230,8 @@ class MeasuredEstimate:
 def measure_estimate(estimator, field: Field, x: torch.Tensor, *, product_cost: ProductCost | None = None,
                      repeats: int = 5, counter: NFECounter | None = None) -> MeasuredEstimate:
     """Run ``estimator`` on ``field`` at ``x`` once, timed, and cost it in NFE-equivalents with
-    ``product_cost`` (measured here with ``repeats`` if None). The estimate's cost by kind is
-    added to ``counter``."""
+    ``product_cost`` (measured here with ``repeats`` if None), under :func:`math_attention`. The
+    estimate's cost by kind is added to ``counter``."""
     if not callable(getattr(estimator, "estimate", None)):
         raise InvalidArgumentError("estimator", f"expected a Jacobian estimator, got {type(estimator).__name__}")
     if product_cost is None:
@@ -258,7 +239,8 @@ def measure_estimate(estimator, field: Field, x: torch.Tensor, *, product_cost: 
     elif not isinstance(product_cost, ProductCost):
         raise InvalidArgumentError("product_cost", f"expected a ProductCost or None, got {type(product_cost).__name__}")
     made: list[JacobianEstimate] = []
-    seconds = _seconds(lambda: made.append(estimator.estimate(field, x, counter)), x.device)
+    with math_attention():
+        seconds = _seconds(lambda: made.append(estimator.estimate(field, x, counter)), x.device)
     return MeasuredEstimate(made[0], product_cost, seconds)
 
 

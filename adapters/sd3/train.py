@@ -1,6 +1,6 @@
 """Train a tiny SD3 MMDiT (``diffusers.SD3Transformer2DModel``) on captioned shape images.
 
-Rectified flow in pixel space (issue 7): ``sigma = 1`` is noise and ``0`` is data,
+Rectified flow in pixel space (docs/embedded.md): ``sigma = 1`` is noise and ``0`` is data,
 ``x_sigma = (1 - sigma) x0 + sigma eps``; the model predicts ``v = eps - x0`` from
 ``timestep = sigma * 1000``, the text's token embeddings (``encoder_hidden_states``) and its
 pooled embedding (``pooled_projections``), as ``flowctl.adapters.sd3.SD3Dynamics`` calls it.

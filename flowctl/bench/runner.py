@@ -20,7 +20,6 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +27,7 @@ import torch
 from .. import metrics
 from .._checks import check_int, check_real
 from ..cache import CacheEntry, CachedGenerator, CacheStore, PersistentStore, PromptModel, get_policy
-from ..dynamics import check_budget
+from ..dynamics import check_budget, derivative_mode
 from ..errors import InvalidArgumentError
 from ..jacobians import ColouredJacobian, DiagonalJacobian
 from ..sampling import SigmaGrid, integrate
@@ -123,15 +122,15 @@ class BenchModel:
     """What the protocol runs on: a prompt-conditioned flow model and how to score its outputs.
 
     Attributes:
-        model: a :class:`flowctl.cache.PromptModel` (``velocity``, ``condition``, ``fingerprint``).
+        model: a :class:`flowctl.cache.PromptModel` (``velocity``, ``condition``, ``fingerprint``;
+            ``derivatives()`` where it is differentiated in a context of its own:
+            :func:`flowctl.dynamics.derivative_mode`).
         noise: the starting noise at sigma = 1, one sample per seed (the batch).
         grid_for: the sampler's grid for a number of steps (B from scratch in fewer steps too).
         to_image: the model's output -> images in [-1, 1] (a VAE decode for a latent model).
         adherence: ``(x, prompt_a, prompt_b) -> (batch,)``, how well each output shows prompt
             B (the mixture: log p_B(x) - log p_A(x)); None where the model has no such measure.
         adherence_note: what ``adherence`` measures, in its units (for the report).
-        derivatives: a context manager entered around everything that differentiates the model
-            (an attention-kernel switch for a transformer; no-op by default).
         guidance: classifier-free guidance scale, part of the cache key.
         mpc_jacobian: the Jacobian estimator shooting + MPC uses on this model (None: the
             coloured diagonal; patch blocks for a patch transformer).
@@ -143,7 +142,6 @@ class BenchModel:
     to_image: Callable[[torch.Tensor], torch.Tensor] = _identity
     adherence: Callable[[torch.Tensor, str, str], torch.Tensor] | None = None
     adherence_note: str = ""
-    derivatives: Callable[[], AbstractContextManager] = nullcontext
     guidance: float = 0.0
     mpc_jacobian: DiagonalJacobian | ColouredJacobian | None = None
 
@@ -323,7 +321,7 @@ class _Bench:
         self.methods = config.methods(bench.mpc_jacobian)
         swept = config.strategies if config.sweep_strategies is None else config.sweep_strategies
         self.sweep_methods = tuple(m for name, m in zip(config.strategies, self.methods) if name in swept)
-        with bench.derivatives():
+        with derivative_mode(self.model):
             self.cost = _call_costs(self.model, self.noise, self.model.condition("a shape"))
         self._fewer: dict[tuple[str, int], torch.Tensor] = {}
         self._direct: dict[tuple[str, str, int], float] = {}
@@ -365,8 +363,7 @@ class _Bench:
         direct_psnr = None
         for method in self.sweep_methods if sweep else self.methods:
             cheap = not getattr(method, "differentiates", False)
-            with nullcontext() if cheap else self.bench.derivatives():
-                result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
+            result, seconds = _median_time(lambda: method.run(request), c.repeats if cheap else 1)
             equivalents = result.nfe_equivalents(self.cost["relative"])
             budget = min(n, max(1, round(equivalents)))
             fewer = score(self.scratch_memo(pair.b, budget))["psnr"] if budget < n else float("inf")

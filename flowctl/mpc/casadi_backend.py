@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError
-from ..ocp.problem import SolveStatus, finish
+from ..status import SolveStatus, finish
 from .problem import Linearisation, MPCSolution
 from .osqp_backend import OSQPOptions
 from .qp_layout import QPLayout

@@ -31,7 +31,7 @@ import torch
 
 from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError
-from ..ocp.problem import SolveStatus, finish
+from ..status import SolveStatus, finish
 from .problem import Linearisation, MPCSolution
 from .qp_layout import QPLayout
 from .qp_prediction import prediction_matrix

@@ -28,7 +28,7 @@ import torch
 
 from .._checks import check_int, check_real_values, check_tensor
 from ..errors import InvalidArgumentError, ShapeError
-from ..ocp.problem import SolveStatus
+from ..status import SolveStatus
 
 STRUCTURES = ("dense", "diagonal", "block")
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import FlowctlError, InvalidArgumentError
-from ..ocp.problem import SolveStatus
+from ..status import SolveStatus
 from .problem import MPCConfig, MPCSolution
 from .qp_layout import QPLayout, StepNumbers, all_finite, check_pattern, check_structure
 from .qp_prediction import predict

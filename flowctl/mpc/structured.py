@@ -19,7 +19,7 @@ import torch
 
 from .._checks import check_int, check_real
 from ..errors import InvalidArgumentError, NonFiniteError
-from ..ocp.problem import SolveStatus, finish
+from ..status import SolveStatus, finish
 from .problem import Linearisation, MPCConfig, MPCSolution, check_step_data
 
 

@@ -3,7 +3,9 @@
 from .casadi_backend import CasadiOptions, CasadiShooting
 from .examples import VAN_DER_POL_OPTIMUM, van_der_pol_problem
 from .least_squares import LeastSquaresOptions
-from .problem import OptimalControlProblem, SolveResult, SolverError, SolveStatus
+from ..errors import SolverError
+from ..status import SolveStatus
+from .problem import OptimalControlProblem, SolveResult
 from .torch_backend import TorchOptions, TorchShooting
 
 __all__ = [

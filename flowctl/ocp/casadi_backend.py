@@ -21,7 +21,8 @@ from .._checks import check_int, check_real, check_tensor
 from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
 from ..sampling import get_tableau, rk_step
 from ..systems import ControlSystem
-from .problem import TRANSCRIPTIONS, OptimalControlProblem, SolveResult, SolveStatus, finish, substep_times
+from ..status import SolveStatus, finish
+from .problem import TRANSCRIPTIONS, OptimalControlProblem, SolveResult, substep_times
 
 _STATUS = {
     "Solve_Succeeded": SolveStatus.SOLVED,

@@ -23,7 +23,6 @@ How the control enters:
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -31,8 +30,9 @@ import torch
 
 from .._checks import check_dynamics, check_int, check_real, check_real_values, check_tensor
 from ..dynamics import Dynamics
-from ..errors import FlowctlError, InvalidArgumentError, ShapeError
+from ..errors import InvalidArgumentError, ShapeError
 from ..sampling import Grid, get_tableau
+from ..status import SolveStatus
 from ..systems import ControlSystem
 
 CONTROL_MODES = ("input", "additive")
@@ -147,17 +147,6 @@ def substep_times(t0: Any, t1: Any, substeps: int) -> list[Any]:
     return [t0 + (t1 - t0) * (j / substeps) for j in range(substeps)] + [t1]
 
 
-class SolveStatus(str, enum.Enum):
-    """How a solve ended."""
-
-    SOLVED = "solved"
-    MAX_ITERATIONS = "max_iterations"
-    NFE_LIMIT = "nfe_limit"
-    BUDGET = "budget"
-    INFEASIBLE = "infeasible"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True, eq=False)
 class SolveResult:
     """What a solve returns.
@@ -187,20 +176,3 @@ class SolveResult:
     @property
     def success(self) -> bool:
         return self.status is SolveStatus.SOLVED
-
-
-class SolverError(FlowctlError):
-    """A solve did not succeed; ``result`` holds what it reached (a :class:`SolveResult`, or an
-    :class:`flowctl.mpc.MPCSolution` from an MPC backend)."""
-
-    def __init__(self, result):
-        self.result = result
-        super().__init__(f"solve ended with status {result.status.value}: {result.message}")
-
-
-def finish(result, raise_on_failure: bool):
-    """Return ``result`` (a :class:`SolveResult` or an MPC solution: anything with ``success``,
-    ``status`` and ``message``), or raise :class:`SolverError` for a failed one when asked to."""
-    if raise_on_failure and not result.success:
-        raise SolverError(result)
-    return result

@@ -28,7 +28,8 @@ from ..errors import ShapeError, UnknownNameError
 from ..sampling import get_tableau, rk_step
 from ..systems import ControlSystem
 from .least_squares import LeastSquaresOptions, Residuals, _cat, _grad, solve_least_squares
-from .problem import TRANSCRIPTIONS, OptimalControlProblem, ShootingTerminal, SolveResult, SolveStatus, finish, substep_times
+from ..status import SolveStatus, finish
+from .problem import TRANSCRIPTIONS, OptimalControlProblem, ShootingTerminal, SolveResult, substep_times
 
 _STATUS = {
     "solved": SolveStatus.SOLVED,

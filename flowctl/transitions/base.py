@@ -21,7 +21,7 @@ import torch
 from .._checks import check_dynamics, check_finite, check_int, check_real, check_tensor
 from ..dynamics import DEFAULT_COST, Dynamics, NFECounter, check_cost
 from ..errors import InvalidArgumentError
-from ..ocp.problem import SolveStatus
+from ..status import SolveStatus
 from ..sampling import ResumePoint, SigmaGrid, integrate
 
 

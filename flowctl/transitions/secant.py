@@ -37,7 +37,7 @@ import torch
 from .._checks import check_real
 from ..dynamics import CountedDynamics, check_budget
 from ..errors import InvalidArgumentError
-from ..ocp.problem import SolveStatus
+from ..status import SolveStatus
 from ..sampling import EULER, rk_step
 from .base import PhaseClock, TransitionRequest, TransitionResult, check_request, finish_with, merged, planning_counter
 

@@ -17,17 +17,20 @@ integrates B back to the noise, which costs more than a generation.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .._checks import check_int, check_real
-from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter, check_budget
+from ..dynamics import BlendedDynamics, CountedDynamics, Dynamics, NFECounter, check_budget, derivative_mode
 from ..errors import BudgetExceededError, InvalidArgumentError, ShapeError, UnknownNameError
 from ..jacobians import ColouredJacobian, DiagonalJacobian, JacobianEstimate
 from ..mpc import MPCConfig, StateLayout, StructuredBackend, euler_linearisation
-from ..ocp import LeastSquaresOptions, SolveResult, SolverError, SolveStatus, TorchOptions, TorchShooting
+from ..errors import SolverError
+from ..ocp import LeastSquaresOptions, SolveResult, TorchOptions, TorchShooting
+from ..status import SolveStatus
 from ..ocp.problem import TRANSCRIPTIONS
 from ..ocp.transition import NoiseAnchor, TransitionWeights, VelocityConsistency, transition_problem
 from ..sampling import EULER, rk_step
@@ -138,7 +141,10 @@ class Shooting:
         return result, solver
 
     def run(self, request: TransitionRequest) -> TransitionResult:
-        check_request(request)
+        with _derivatives(self, check_request(request)):
+            return self._run(request)
+
+    def _run(self, request: TransitionRequest) -> TransitionResult:
         clock = PhaseClock()
         with clock.phase("planning"):
             fields = _Fields.of(self, request)
@@ -220,6 +226,11 @@ class ShootingMPC:
         x = check_request(request).point.state
         if self.differentiates:  # the exact model's linearisation estimates image batches
             _check_image_batch(x, self.jacobian)
+        with _derivatives(self, request):
+            return self._run(request)
+
+    def _run(self, request: TransitionRequest) -> TransitionResult:
+        x = request.point.state
         clock = PhaseClock()
         k, horizon, grid = request.step, request.horizon, request.grid
         with clock.phase("planning"):
@@ -409,6 +420,12 @@ def check_image_jacobian(name: str, jacobian: object) -> None:
     """Raise unless ``jacobian`` is an estimator :class:`ShootingMPC` can linearise with."""
     if not isinstance(jacobian, (DiagonalJacobian, ColouredJacobian)) or (isinstance(jacobian, ColouredJacobian) and jacobian.block is None):
         raise InvalidArgumentError(name, f"expected DiagonalJacobian(radius=...) or ColouredJacobian(block=...), got {jacobian!r}")
+
+
+def _derivatives(strategy: Shooting | ShootingMPC, request: TransitionRequest) -> AbstractContextManager:
+    """The model's derivative mode (:func:`flowctl.dynamics.derivative_mode`) where the strategy
+    differentiates it (on the exact model), else nothing."""
+    return derivative_mode(request.model) if strategy.differentiates else nullcontext()
 
 
 def _check_image_batch(x: torch.Tensor, jacobian: DiagonalJacobian | ColouredJacobian) -> None:
