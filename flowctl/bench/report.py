@@ -115,7 +115,7 @@ def _bucket_row(bucket: str, rows: list[dict], runs: list[Run]) -> dict:
 
 
 def _goals(result: BenchResult, table1: dict, sweep: dict) -> dict:
-    """The issue's goals, judged on the measured figures."""
+    """The benchmark's goals (docs/cache.md), judged on the measured figures."""
     top = [r for rows in [table1.get(BUCKET_NAMES[0], [])] + list(sweep.values()) for r in _methods(rows)]
     reach = [r for r in top if r["speedup"] >= SEED_GOAL_SPEEDUP]
     best_at_speed = max(reach, key=lambda r: r["psnr"], default=None)
