@@ -6,7 +6,7 @@
 - ``flowctl cache list|inspect|clear`` shows and empties a cache directory.
 
 ``--model`` is ``embedded`` (the shipped shapes MMDiT, the default), a local checkpoint directory
-of a model family an installed adapter registers (:mod:`flowctl.families`; SD3 / SD3.5 with
+of a model family an installed adapter registers (:mod:`flowctl.families`; SD3 / SD3.5 and FLUX.1 with
 flowctl's own), or for ``bench`` also ``gmm`` (the exact prompted Gaussian mixture).
 
 Bad input is one line on stderr (``flowctl <command>: error: ...``) and exit status 2, found
@@ -119,13 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights and states (default %(default)s; float16 not on the CPU)")
     model.add_argument("--device", type=_device, help="'cpu', 'cuda', 'cuda:1', 'mps', ...: present on this machine (default %(default)s)")
-    model.add_argument("--guidance", type=_real(1, 100), help="classifier-free guidance scale in [1, 100], on when > 1 (default: the embedded model's 4, a checkpoint's 7)")
+    model.add_argument("--guidance", type=_real(1, 100), help="guidance scale in [1, 100]: classifier-free guidance, on when > 1 (default: the embedded model's 4, an SD3 checkpoint's 7, FLUX.1-schnell off); FLUX.1-dev's embedded guidance (default 3.5)")
     model.add_argument("--negative-prompt", help="negative prompt under guidance (default empty; refused with --guidance 1)")
     model.add_argument("--height", type=_integer(16, 4096, 16), help="image height in pixels, 16..4096, a multiple of 16; checkpoints only (default: the model's)")
     model.add_argument("--width", type=_integer(16, 4096, 16), help="image width in pixels, 16..4096, a multiple of 16; checkpoints only (default: the model's)")
     model.add_argument("--no-t5", action="store_true", help="load a checkpoint without its T5 encoder (zeros for its tokens)")
     model.add_argument("--max-sequence-length", type=_integer(1, 512), help="T5 tokens of a checkpoint, 1..512 (default %(default)s)")
-    model.add_argument("--encoder", choices=("sd3", "minilm"), help="similarity encoder: SD3's pooled CLIP (a checkpoint's default) or all-MiniLM-L6-v2 (the embedded model's)")
+    model.add_argument("--encoder", choices=("sd3", "minilm"), help="similarity encoder: 'sd3' (an SD3 checkpoint's pooled CLIP, its default; a FLUX checkpoint uses its own pooled CLIP unless 'minilm') or 'minilm', all-MiniLM-L6-v2 (the embedded model's)")
     model.add_argument("--policy", default="seed", help=f"similarity -> resume step: {' or '.join(POLICIES)} (default %(default)s)")
     model.add_argument("--shooting-iterations", type=_integer(1, 1000), default=None, help="Levenberg-Marquardt iterations of the shooting and MPC strategies at most, 1..1000")
     model.add_argument("--budget", type=_real(0, 1000), default=None, help="NFE-equivalents in [0, 1000] every planner may spend beyond its continuation (default 1)")
