@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,7 +56,9 @@ from flowctl.jacobians import (
     LowRankJacobian,
 )
 from flowctl.mpc import Linearisation, MPCConfig
-from flowctl.ocp import OptimalControlProblem
+from flowctl.cache import DiskStore
+from flowctl.mpc import TimeInvariantModel
+from flowctl.ocp import OptimalControlProblem, TorchShooting
 from flowctl.sampling.grid import SIGMA_ROUNDING
 from flowctl.systems import CartPole, DoubleIntegrator, LinearSystem, Pendulum, PromptedMixtureFlow
 from flowctl.systems.gaussian_mixture import smooth_image_means
@@ -283,7 +286,16 @@ ENTRY: dict[str, Callable[..., object]] = {
     "MPCConfig": lambda w, **kw: MPCConfig(**(dict(nx=2, nu=1, horizon=3) | kw)),
     "Linearisation": lambda w, **kw: _lin(**kw),
     "OptimalControlProblem": _ocp,
+    "TorchShooting": lambda w, **kw: TorchShooting(**({"problem": _ocp(w)} | kw)),
+    "TimeInvariantModel": lambda w, **kw: TimeInvariantModel(**(dict(a=torch.eye(2), b=torch.ones(2, 1), target=torch.zeros(2), horizon=3) | kw)),
+    "DiskStore": lambda w, **kw: _disk_store(**kw),
 }
+
+
+def _disk_store(**kw) -> DiskStore:
+    store = DiskStore(**({"directory": tempfile.mkdtemp(prefix="flowctl-test-")} | kw))
+    store.close()
+    return store
 
 
 def _filled_store(w: World) -> CacheStore:
@@ -873,6 +885,22 @@ bad("Linearisation", "a", torch.ones(3, 2, 3), ShapeError, label="not-square")
 bad("Linearisation", "b", torch.ones(4, 2, 1), ShapeError, label="horizon-4-vs-3")
 bad("Linearisation", "structure", "sparse")
 bad("Linearisation", "c", torch.zeros(3, 2, 1), ShapeError, label="3-D")
+for v in ("x", None):
+    bad("TorchShooting", "problem", v)
+bad("TorchShooting", "transcription", "triple", UnknownNameError)
+bad("TorchShooting", "options", "fast")
+bad("TorchShooting", "counter", 3)
+for arg, good in (("a", lambda w: torch.eye(2)), ("b", lambda w: torch.ones(2, 1)), ("target", lambda w: torch.zeros(2))):
+    bad_tensors("TimeInvariantModel", arg, good, finite=False)
+bad("TimeInvariantModel", "a", torch.eye(3), ShapeError, label="3x3")
+bad("TimeInvariantModel", "b", torch.ones(3, 1), ShapeError, label="3x1")
+bad("TimeInvariantModel", "c", torch.zeros(3), ShapeError, label="(3,)")
+bad("TimeInvariantModel", "target", torch.zeros(2, 1), ShapeError, label="2-D")
+for v in (0, -1, 1.5):
+    bad("TimeInvariantModel", "horizon", v)
+bad("TimeInvariantModel", "structure", "block")
+for v in (5, None, ""):
+    bad("DiskStore", "directory", v)
 for v in (None, object()):
     bad("OptimalControlProblem", "dynamics", v)
 for v in (None, PLAIN):

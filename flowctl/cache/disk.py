@@ -98,6 +98,8 @@ class DiskStore:
         ann_threshold: int = 50_000,
         read_only: bool = False,
     ):
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise InvalidArgumentError("directory", f"expected a cache directory path, got {directory!r}")
         self.directory = Path(directory)
         self._read_only = read_only
         self._secret = codec.resolve_secret(secret)

@@ -9,8 +9,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .._checks import check_tensor
-from ..errors import ShapeError
+from .._checks import check_int, check_tensor
+from ..errors import InvalidArgumentError, ShapeError
 from .problem import Linearisation, MPCSolution
 
 
@@ -74,6 +74,23 @@ class TimeInvariantModel:
     horizon: int
     c: torch.Tensor | None = None
     structure: str = "dense"
+
+    def __post_init__(self) -> None:
+        if self.structure not in ("dense", "diagonal"):
+            raise InvalidArgumentError("structure", f"expected 'dense' or 'diagonal', got {self.structure!r}")
+        check_int("horizon", self.horizon, minimum=1)
+        target = check_tensor("target", self.target)
+        if target.dim() != 1:
+            raise ShapeError("target", f"expected shape (nx,), got {tuple(target.shape)}")
+        nx = target.shape[0]
+        a, b = check_tensor("a", self.a), check_tensor("b", self.b)
+        dense = self.structure == "dense"
+        if a.shape != ((nx, nx) if dense else (nx,)):
+            raise ShapeError("a", f"expected shape {(nx, nx) if dense else (nx,)} for nx = {nx}, got {tuple(a.shape)}")
+        if (b.dim() != 2 or b.shape[0] != nx) if dense else b.shape != (nx,):
+            raise ShapeError("b", f"expected shape {'(nx, nu)' if dense else '(nx,)'} for nx = {nx}, got {tuple(b.shape)}")
+        if self.c is not None and check_tensor("c", self.c).shape != (nx,):
+            raise ShapeError("c", f"expected shape ({nx},), got {tuple(self.c.shape)}")
 
     def linearise(self, x: torch.Tensor, t: float) -> Linearisation:
         n = self.horizon

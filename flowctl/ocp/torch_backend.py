@@ -24,11 +24,11 @@ import torch
 
 from .._checks import check_tensor
 from ..dynamics import CountedDynamics, NFECounter
-from ..errors import ShapeError, UnknownNameError
+from ..errors import InvalidArgumentError, ShapeError, UnknownNameError
 from ..sampling import get_tableau, rk_step
 from ..systems import ControlSystem
-from .least_squares import LeastSquaresOptions, Residuals, _cat, _grad, solve_least_squares
 from ..status import SolveStatus, finish
+from .least_squares import LeastSquaresOptions, Residuals, _cat, _grad, solve_least_squares
 from .problem import TRANSCRIPTIONS, OptimalControlProblem, ShootingTerminal, SolveResult, substep_times
 
 _STATUS = {
@@ -81,7 +81,7 @@ class TorchShooting:
     ``velocity``'s per-call argument checks, each a host sync, are redundant on the states and
     inputs the backend builds itself. In multiple shooting it then integrates all intervals as
     one batch (``TorchOptions.batch_intervals``), and the residuals carry their Jacobian, built
-    from per-interval sensitivities (:meth:`_batched_jacobian`), for dense steps.
+    from per-interval forward sensitivities (:meth:`_batched_jacobian`), for dense steps.
     """
 
     def __init__(
@@ -91,8 +91,14 @@ class TorchShooting:
         options: TorchOptions = TorchOptions(),
         counter: NFECounter | None = None,
     ):
+        if not isinstance(problem, OptimalControlProblem):
+            raise InvalidArgumentError("problem", f"expected an OptimalControlProblem, got {type(problem).__name__}")
         if transcription not in TRANSCRIPTIONS:
             raise UnknownNameError("transcription", transcription, list(TRANSCRIPTIONS))
+        if not isinstance(options, TorchOptions):
+            raise InvalidArgumentError("options", f"expected TorchOptions, got {type(options).__name__}")
+        if counter is not None and not isinstance(counter, NFECounter):
+            raise InvalidArgumentError("counter", f"expected an NFECounter or None, got {type(counter).__name__}")
         self.problem = problem
         self.transcription = transcription
         self.options = options
