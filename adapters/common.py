@@ -61,16 +61,27 @@ def check_text_condition(cond: Any, batch: int, transformer: Any) -> None:
         raise ShapeError("cond", f"prompt_embeds have dim {cond.prompt_embeds.shape[2]}, the model {config.joint_attention_dim}")
     if cond.pooled_prompt_embeds.shape[1] != config.pooled_projection_dim:
         raise ShapeError("cond", f"pooled_prompt_embeds have dim {cond.pooled_prompt_embeds.shape[1]}, the model {config.pooled_projection_dim}")
-    if cond.dtype != transformer.dtype or cond.device != transformer.device:
-        raise InvalidArgumentError("cond", f"embeddings are {cond.dtype} on {cond.device}, the transformer {transformer.dtype} on {transformer.device}")
+    dtype, device = placement(transformer)
+    if cond.dtype != dtype or cond.device != device:
+        raise InvalidArgumentError("cond", f"embeddings are {cond.dtype} on {cond.device}, the transformer {dtype} on {device}")
+
+
+def placement(transformer: Any) -> tuple[torch.dtype, torch.device]:
+    """The transformer's dtype and device, read from its first parameter: O(1), where diffusers'
+    ``ModelMixin.dtype`` and ``.device`` walk every parameter, a visible share of a small model's
+    forward when checked at every step. The adapters require the transformer on one device in one
+    dtype."""
+    first = next(transformer.parameters())
+    return first.dtype, first.device
 
 
 def check_on_transformer(x: torch.Tensor, transformer: Any) -> None:
     """``x`` is in ``transformer``'s dtype and on its device."""
-    if x.dtype != transformer.dtype:
-        raise InvalidArgumentError("x", f"dtype {x.dtype} is not the transformer's {transformer.dtype}")
-    if x.device != transformer.device:
-        raise InvalidArgumentError("x", f"is on {x.device}, the transformer on {transformer.device}")
+    dtype, device = placement(transformer)
+    if x.dtype != dtype:
+        raise InvalidArgumentError("x", f"dtype {x.dtype} is not the transformer's {dtype}")
+    if x.device != device:
+        raise InvalidArgumentError("x", f"is on {x.device}, the transformer on {device}")
 
 
 def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:

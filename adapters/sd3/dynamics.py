@@ -22,7 +22,7 @@ import torch
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, placement, weight_checksum
 
 from .condition import SD3Condition
 from .encoding import SD3PromptEncoder, has_text_encoders
@@ -71,11 +71,11 @@ class SD3Dynamics:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        return placement(self.transformer)[0]
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        return placement(self.transformer)[1]
 
     def derivatives(self):
         """The context derivatives through the transformer run in: :func:`math_attention`
