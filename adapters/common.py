@@ -6,6 +6,7 @@ patch transformer."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import torch
@@ -49,6 +50,54 @@ def weight_checksum(module: torch.nn.Module) -> str:
             h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
             h.update(tensor.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+class TransformerField:
+    """What the families' velocity fields over a diffusers transformer share: its dtype and
+    device, its derivative mode, and the model part of a cache fingerprint.
+
+    Subclasses set :attr:`transformer` and call :meth:`_start_checksum` in ``__init__``."""
+
+    transformer: Any
+    FINGERPRINT_PREFIX: str
+    """The family's label in fingerprints ("sd3-mmdit", "flux-dit"); each subclass sets it."""
+
+    def _start_checksum(self) -> None:
+        self._weights: str | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return placement(self.transformer)[0]
+
+    @property
+    def device(self) -> torch.device:
+        return placement(self.transformer)[1]
+
+    def derivatives(self):
+        """The context derivatives through the transformer run in: :func:`math_attention`
+        (:func:`flowctl.dynamics.derivative_mode`; the planners on the exact model enter it)."""
+        return math_attention()
+
+    def share_checksum(self, other: TransformerField) -> None:
+        """Take ``other``'s weight checksum: it runs the same transformer object (saves reading
+        every weight again)."""
+        if not isinstance(other, TransformerField) or other.transformer is not self.transformer:
+            raise InvalidArgumentError("other", "must run the same transformer object")
+        self._weights = other._checksum()
+
+    def _model_id(self) -> str:
+        """The family, dtype, a hash of the transformer's config and the checksum of its weights'
+        bytes. The weights are read once, on first use: modify them in place and the id goes
+        stale."""
+        config = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
+        config_hash = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.FINGERPRINT_PREFIX}-{dtype}-{config_hash}-{self._checksum()}"
+
+    def _checksum(self) -> str:
+        if self._weights is None:
+            self._weights = weight_checksum(self.transformer)
+        return self._weights
 
 
 def check_text_condition(cond: Any, batch: int, transformer: Any) -> None:

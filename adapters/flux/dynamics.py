@@ -23,8 +23,6 @@ What the pipeline does, and so this does, bit for bit:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
@@ -32,19 +30,19 @@ import torch
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, placement, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, TransformerField, check_on_transformer, check_text_condition
 
 from .condition import FluxCondition
 from .encoding import FluxPromptEncoder, has_text_encoders
 from .latents import latent_image_ids, pack_latents, unpack_latents
 
-__all__ = ["FluxDynamics", "math_attention"]
+__all__ = ["FluxDynamics"]
 
 TIMESTEP_SCALE = 1000
 """The pipeline passes ``timestep / 1000`` (a literal, not ``num_train_timesteps``)."""
 
 
-class FluxDynamics:
+class FluxDynamics(TransformerField):
     """``velocity(x, sigma, cond)``: a FLUX.1 transformer, with its embedded guidance and
     optional true classifier-free guidance, as ``FluxPipeline`` runs it.
 
@@ -91,7 +89,7 @@ class FluxDynamics:
         self.name = name
         self.prompts = prompts
         self.num_train_timesteps = check_int("num_train_timesteps", num_train_timesteps, minimum=1)
-        self._weights: str | None = None
+        self._start_checksum()
 
     @classmethod
     def from_pipeline(
@@ -118,19 +116,6 @@ class FluxDynamics:
         )
 
     @property
-    def dtype(self) -> torch.dtype:
-        return placement(self.transformer)[0]
-
-    @property
-    def device(self) -> torch.device:
-        return placement(self.transformer)[1]
-
-    def derivatives(self):
-        """The context derivatives through the transformer run in: :func:`math_attention`
-        (:func:`flowctl.dynamics.derivative_mode`; the planners on the exact model enter it)."""
-        return math_attention()
-
-    @property
     def latent_channels(self) -> int:
         """C of the (B, C, H, W) states: the transformer's ``in_channels / 4``."""
         return self.transformer.config.in_channels // 4
@@ -146,18 +131,14 @@ class FluxDynamics:
         guidance on a model that takes it, else the true CFG scale (1: unguided)."""
         return self.guidance_scale if self.guidance_embedded else self.true_cfg_scale
 
+    FINGERPRINT_PREFIX = "flux-dit"
+
     @property
     def fingerprint(self) -> str:
-        """The velocity field's identity for cache keys: a hash of the transformer's config and
-        of its weights' bytes, the dtype, and the settings that change the field (the embedded
-        guidance scale when the model uses it, the true CFG scale when > 1). The weights are read
-        once, on first use: modify them in place and the fingerprint goes stale."""
-        if self._weights is None:
-            self._weights = weight_checksum(self.transformer)
-        config = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
-        config_hash = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-        dtype = str(self.dtype).removeprefix("torch.")
-        parts = [f"flux-dit-{dtype}-{config_hash}-{self._weights}"]
+        """The velocity field's identity for cache keys: the transformer's config, weights and
+        dtype (:meth:`TransformerField._model_id`), and the settings that change the field (the
+        embedded guidance scale when the model uses it, the true CFG scale when > 1)."""
+        parts = [self._model_id()]
         if self.guidance_embedded:
             parts.append(f"guidance{self.guidance_scale!r}")
         if self.true_cfg_scale > 1:

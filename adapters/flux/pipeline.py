@@ -104,8 +104,7 @@ class CachedFluxPipeline(CachedPipeline):
             negative_prompt=settings["negative_prompt"], max_sequence_length=settings["max_sequence_length"],
         )
         if same_weights is not None:
-            same_weights.fingerprint  # noqa: B018 (reads the weights once, if not yet)
-            dynamics._weights = same_weights._weights
+            dynamics.share_checksum(same_weights)
         return dynamics
 
     def _guidance(self, settings: dict[str, Any], dynamics: FluxDynamics) -> float:

@@ -13,8 +13,6 @@ makes the adapter's loop equal the pipeline's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
@@ -22,14 +20,14 @@ import torch
 from flowctl._checks import check_int, check_real, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
-from flowctl.adapters.common import MissingTextEncoderError, check_on_transformer, check_text_condition, math_attention, placement, weight_checksum
+from flowctl.adapters.common import MissingTextEncoderError, TransformerField, check_on_transformer, check_text_condition
 
 from .condition import SD3Condition
 from .encoding import SD3PromptEncoder, has_text_encoders
 
 
 
-class SD3Dynamics:
+class SD3Dynamics(TransformerField):
     """``velocity(x, sigma, cond)``: SD3's (or SD3.5's) MMDiT with classifier-free guidance.
 
     One call is one model evaluation (a guided call runs the transformer once on a batch of
@@ -55,7 +53,7 @@ class SD3Dynamics:
         self.name = name
         self.prompts = prompts
         self.num_train_timesteps = check_int("num_train_timesteps", num_train_timesteps, minimum=1)
-        self._fingerprint: str | None = None
+        self._start_checksum()
 
     @classmethod
     def from_pipeline(
@@ -69,30 +67,13 @@ class SD3Dynamics:
         )
         return cls(pipeline.transformer, name=name, prompts=prompts, num_train_timesteps=pipeline.scheduler.config.num_train_timesteps)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return placement(self.transformer)[0]
-
-    @property
-    def device(self) -> torch.device:
-        return placement(self.transformer)[1]
-
-    def derivatives(self):
-        """The context derivatives through the transformer run in: :func:`math_attention`
-        (:func:`flowctl.dynamics.derivative_mode`; the planners on the exact model enter it)."""
-        return math_attention()
+    FINGERPRINT_PREFIX = "sd3-mmdit"
 
     @property
     def fingerprint(self) -> str:
-        """The model's identity for cache keys: a hash of the transformer's config and of its
-        weights' bytes, and the dtype. Computed on first use (it reads every weight once) and kept:
-        modify the weights in place and the fingerprint goes stale."""
-        if self._fingerprint is None:
-            config = {k: v for k, v in dict(self.transformer.config).items() if not k.startswith("_")}
-            config_hash = hashlib.blake2b(json.dumps(config, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
-            dtype = str(self.dtype).removeprefix("torch.")
-            self._fingerprint = f"sd3-mmdit-{dtype}-{config_hash}-{weight_checksum(self.transformer)}"
-        return self._fingerprint
+        """The model's identity for cache keys: the transformer's config, weights and dtype
+        (:meth:`TransformerField._model_id`)."""
+        return self._model_id()
 
     def condition(self, prompt: str) -> SD3Condition:
         """The condition of ``prompt`` through the pipeline's text encoders."""

@@ -93,7 +93,7 @@ class CachedStableDiffusion3Pipeline(CachedPipeline):
             max_sequence_length=settings["max_sequence_length"],
         )
         if same_weights is not None:
-            dynamics._fingerprint = same_weights.fingerprint
+            dynamics.share_checksum(same_weights)
         return dynamics
 
     def _guidance(self, settings: dict[str, Any], dynamics: SD3Dynamics) -> float:
