@@ -146,6 +146,21 @@ def noise_latents(shape: tuple[int, ...], seed: int, *, dtype: torch.dtype, devi
     return torch.randn(shape, generator=generator, dtype=dtype).to(device), state
 
 
+def pixel_latent_shape(pipeline: Any, height: int | None, width: int | None, *, batch: int, channels: int, multiple: int,
+                       why: str) -> tuple[int, int, int, int]:
+    """(batch, ``channels``, h, w) latents of ``height`` x ``width`` pixel images (the
+    pipeline's default size when None), which must be multiples of ``multiple`` (``why`` says
+    of what); h, w are the sizes over the VAE's scale factor."""
+    scale = pipeline.vae_scale_factor
+    sizes = []
+    for name, value in (("height", height), ("width", width)):
+        value = pipeline.default_sample_size * scale if value is None else check_int(name, value, minimum=1)
+        if value % multiple:
+            raise InvalidArgumentError(name, f"must be a multiple of {multiple} ({why}), got {value}")
+        sizes.append(value // scale)
+    return (check_int("batch", batch, minimum=1), channels, *sizes)
+
+
 def check_grid_on(grid: object, latents: torch.Tensor) -> None:
     """``grid`` is a SigmaGrid on the latents' device (so that its step sizes enter the Euler
     update as the scheduler's do)."""

@@ -37,7 +37,7 @@ from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 from flowctl.sampling.grid import TIME_SHIFTS
 
-from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on
+from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on, pixel_latent_shape
 
 UNSUPPORTED = (
     "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal",
@@ -153,14 +153,8 @@ def latent_shape(pipeline: Any, height: int | None = None, width: int | None = N
     """(batch, C, h, w) unpacked latents of ``height`` x ``width`` pixel images (the pipeline's
     default size when None), which must be multiples of twice the VAE's scale factor (the
     pipeline would round them down, with a warning)."""
-    scale = pipeline.vae_scale_factor
-    sizes = {}
-    for name, value in (("height", height), ("width", width)):
-        value = pipeline.default_sample_size * scale if value is None else check_int(name, value, minimum=1)
-        if value % (2 * scale):
-            raise InvalidArgumentError(name, f"must be a multiple of {2 * scale} (2 x the VAE's scale factor), got {value}")
-        sizes[name] = value // scale
-    return (check_int("batch", batch, minimum=1), pipeline.transformer.config.in_channels // 4, sizes["height"], sizes["width"])
+    return pixel_latent_shape(pipeline, height, width, batch=batch, channels=pipeline.transformer.config.in_channels // 4,
+                              multiple=2 * pipeline.vae_scale_factor, why="2 x the VAE's scale factor")
 
 
 def denoise(

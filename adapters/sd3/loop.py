@@ -37,7 +37,7 @@ from flowctl.dynamics import Dynamics
 from flowctl.errors import InvalidArgumentError, ShapeError
 from flowctl.sampling import SigmaGrid, Trajectory, integrate
 
-from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on
+from flowctl.adapters.common import UnsupportedSchedulerError, check_grid_on, pixel_latent_shape
 
 UNSUPPORTED = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas", "shift_terminal", "stochastic_sampling")
 """Scheduler options the adapter's grid does not reproduce."""
@@ -117,14 +117,9 @@ def pipeline_grid(pipeline: Any, steps: int, latents: torch.Tensor, *, mu: float
 def latent_shape(pipeline: Any, height: int | None = None, width: int | None = None, *, batch: int = 1) -> tuple[int, int, int, int]:
     """(batch, C, h, w) latents of ``height`` x ``width`` pixel images (the pipeline's default
     size when None), which must be multiples of the VAE's scale factor times the patch size."""
-    scale, patch = pipeline.vae_scale_factor, pipeline.transformer.config.patch_size
-    sizes = {}
-    for name, value in (("height", height), ("width", width)):
-        value = pipeline.default_sample_size * scale if value is None else check_int(name, value, minimum=1)
-        if value % (scale * patch):
-            raise InvalidArgumentError(name, f"must be a multiple of {scale * patch} (VAE scale x patch size), got {value}")
-        sizes[name] = value // scale
-    return (check_int("batch", batch, minimum=1), pipeline.transformer.config.in_channels, sizes["height"], sizes["width"])
+    config = pipeline.transformer.config
+    return pixel_latent_shape(pipeline, height, width, batch=batch, channels=config.in_channels,
+                              multiple=pipeline.vae_scale_factor * config.patch_size, why="VAE scale x patch size")
 
 
 def denoise(
