@@ -13,7 +13,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flowctl import transitions
-from flowctl._checks import check_int
+from flowctl._checks import check_int, check_real
 from flowctl.errors import FlowctlError, InvalidArgumentError, ShapeError
 from flowctl.jacobians import ColouredJacobian
 from flowctl.sampling import SigmaGrid
@@ -84,6 +84,16 @@ class TransformerField:
         if not isinstance(other, TransformerField) or other.transformer is not self.transformer:
             raise InvalidArgumentError("other", "must run the same transformer object")
         self._weights = other._checksum()
+
+    @staticmethod
+    def _sigma(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``t``, one sigma for the batch (a float or a one-element tensor), as a float32 0-dim
+        tensor on ``x``'s device, as the scheduler keeps its sigmas."""
+        if isinstance(t, torch.Tensor):
+            if t.numel() != 1:
+                raise ShapeError("t", f"expected one sigma for the batch, got shape {tuple(t.shape)}")
+            return t.reshape(()).to(device=x.device, dtype=torch.float32)
+        return torch.tensor(check_real("t", t), dtype=torch.float32, device=x.device)
 
     def _model_id(self) -> str:
         """The family, dtype, a hash of the transformer's config and the checksum of its weights'

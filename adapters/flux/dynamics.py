@@ -167,12 +167,7 @@ class FluxDynamics(TransformerField):
             raise InvalidArgumentError("cond", f"expected a FluxCondition, got {type(cond).__name__}")
         self._check_latents(x)
         self._check_condition(cond, x.shape[0])
-        if isinstance(t, torch.Tensor):
-            if t.numel() != 1:
-                raise ShapeError("t", f"expected one sigma for the batch, got shape {tuple(t.shape)}")
-            sigma = t.reshape(()).to(device=x.device, dtype=torch.float32)
-        else:
-            sigma = torch.tensor(check_real("t", t), dtype=torch.float32, device=x.device)
+        sigma = self._sigma(t, x)
         batch, _, height, width = x.shape
         packed = pack_latents(x)
         image_ids = latent_image_ids(height // 2, width // 2, device=x.device, dtype=cond.dtype)

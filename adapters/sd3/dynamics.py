@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from flowctl._checks import check_int, check_real, check_tensor
+from flowctl._checks import check_int, check_tensor
 from flowctl.errors import InvalidArgumentError, ShapeError
 
 from flowctl.adapters.common import MissingTextEncoderError, TransformerField, check_on_transformer, check_text_condition
@@ -94,12 +94,7 @@ class SD3Dynamics(TransformerField):
             raise InvalidArgumentError("cond", f"expected an SD3Condition, got {type(cond).__name__}")
         self._check_latents(x)
         self._check_condition(cond, x.shape[0])
-        if isinstance(t, torch.Tensor):
-            if t.numel() != 1:
-                raise ShapeError("t", f"expected one sigma for the batch, got shape {tuple(t.shape)}")
-            sigma = t.reshape(()).to(device=x.device, dtype=torch.float32)
-        else:
-            sigma = torch.tensor(check_real("t", t), dtype=torch.float32, device=x.device)
+        sigma = self._sigma(t, x)
         model_input = torch.cat([x] * 2) if cond.guided else x
         timestep = (sigma * self.num_train_timesteps).expand(model_input.shape[0])
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
