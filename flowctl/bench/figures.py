@@ -78,8 +78,6 @@ def _check_data_range(data_range: object) -> tuple[float, float]:
 def _check_image(image: object) -> torch.Tensor:
     """Return ``image`` as a real ``(C, H, W)`` tensor, ``C`` in {1, 3}, with pixels."""
     image = check_tensor("image", image, ndim_min=2)
-    if image.is_complex():
-        raise InvalidArgumentError("image", f"expected a real tensor, got {image.dtype}")
     if image.dim() == 2:
         image = image.unsqueeze(0)
     if image.dim() != 3 or image.shape[0] not in (1, 3):
@@ -147,8 +145,6 @@ def _check_rows(rows: object) -> list[list[torch.Tensor]]:
         for j, tile in enumerate(row):
             name = f"rows[{i}][{j}]"
             tile = check_tensor(name, tile)
-            if tile.is_complex():
-                raise InvalidArgumentError(name, f"expected a real tensor, got {tile.dtype}")
             if tile.dim() != 3:
                 raise ShapeError(name, f"expected a (C, H, W) image, got {tuple(tile.shape)}")
             if shape is None:
